@@ -1,0 +1,1 @@
+"""marsseg.edge: the light runtime (NumPy, OpenCV, LiteRT, pyserial; never TensorFlow)."""

@@ -1,0 +1,65 @@
+"""The facts every stage must agree on: classes, tile shape, preprocessing.
+
+Training, export and the edge runtime all import these, so the three can never disagree. The runtime
+still reads the values it needs from the exported model's metadata (written from this module), which is
+how a model trained with other settings stays self-describing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TILE_SHAPE: tuple[int, int] = (64, 128)  # (height, width) of one model input tile
+NUM_CLASSES = 5
+BACKGROUND = 0  # unlabelled / unknown: sky, rover hardware, unlabelled terrain
+
+
+@dataclass(frozen=True)
+class TerrainClass:
+    id: int
+    name: str
+    colour: tuple[int, int, int]  # RGB for overlays
+    cost: float  # default traversal cost; inf = lethal, nan = unknown
+
+
+CLASSES: tuple[TerrainClass, ...] = (
+    TerrainClass(0, "background", (0, 0, 0), float("nan")),
+    TerrainClass(1, "soil", (194, 144, 88), 1.0),
+    TerrainClass(2, "bedrock", (120, 120, 200), 2.0),
+    TerrainClass(3, "sand", (240, 220, 90), 5.0),
+    TerrainClass(4, "big_rock", (220, 40, 40), float("inf")),
+)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+
+# Input normalisation: pixel / 255 -> [0, 1]. With this range the converter picks input scale 1/255 and
+# zero point -128, so an int8 input is simply `pixel - 128`.
+INPUT_SCALE = 1.0 / 255.0
+INPUT_OFFSET = 0.0
+
+
+def preprocess(tiles: np.ndarray) -> np.ndarray:
+    """Map uint8 grayscale tiles (..., H, W) to the float32 model input (..., H, W, 1).
+
+    The one normalisation used by training, calibration and the runtime's float path.
+    """
+    if tiles.dtype != np.uint8:
+        raise TypeError(f"preprocess expects uint8 pixels, got {tiles.dtype}; convert images to uint8 first")
+    out = tiles.astype(np.float32) * np.float32(INPUT_SCALE) + np.float32(INPUT_OFFSET)
+    return out[..., None]
+
+
+def quantize_input(tiles: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 pixels -> int8 model input with the model's own input quantization.
+
+    Equivalent to quantizing `preprocess(tiles)`; computed in float32 then rounded, clipped to int8.
+    """
+    x = tiles.astype(np.float32) * np.float32(INPUT_SCALE / scale)
+    x += np.float32(INPUT_OFFSET / scale + zero_point)
+    np.rint(x, out=x)
+    np.clip(x, -128, 127, out=x)
+    if out is None:
+        return x.astype(np.int8)[..., None]
+    out[...] = x[..., None]
+    return out

@@ -1,0 +1,1 @@
+"""marsseg.train: data, dual U-Net, losses and the training CLI (TensorFlow/Keras; GPU when present)."""

@@ -1,0 +1,72 @@
+"""The typed training configuration, saved beside every trained model (config.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # frames file (frames/masks) or course file (training_set); default from MARSSEG_DATA
+    out_dir: str = "runs"
+    run_name: str = ""  # default: <arch>-<timestamp>
+    # model
+    arch: str = "dual-unet"  # dual-unet | dense-unet
+    fine_widths: tuple[int, ...] = (12, 24, 48)  # detail branch, from full resolution down
+    bottleneck: int = 96  # detail branch bottleneck (1/8 scale)
+    coarse_widths: tuple[int, ...] = (32, 64)  # context branch, from 1/4 scale down
+    coarse_bottleneck: int = 128  # context branch bottleneck (1/16 scale), dilated
+    dense_widths: tuple[int, ...] = (32, 64, 128, 256)  # dense-unet only
+    dense_bottleneck: int = 512
+    dropout: float = 0.3
+    bn_momentum: float = 0.9  # low momentum: moving stats catch up within the first epoch
+    se_ratio: int = 8
+    # loss and class balance
+    loss: str = "wce_dice"  # wce | wce_dice | dice_focal
+    background_weight: float = 0.0  # 0 excludes background-truth pixels from the loss
+    rare_cap: float = 10.0  # cap on any class weight (big rock would be ~150 uncapped)
+    focal_gamma: float = 2.0
+    dice_weight: float = 0.5
+    # data
+    val_fraction: float = 0.2
+    seed: int = 42
+    tiles_per_frame: int = 1  # random vertical crops per frame per epoch
+    hflip: bool = True
+    vflip: bool = False
+    limit_frames: int = 0  # >0: use only this many frames (smoke tests)
+    outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
+    # optimisation
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    schedule: str = "plateau"  # plateau | cosine_restarts
+    time_budget_min: float = 0.0  # >0: stop after the epoch that crosses this wall time (CPU runs)
+    patience: int = 12
+    lr_patience: int = 4
+    min_lr: float = 1e-5
+    predictions_to_plot: int = 8
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def save(self, path: Path) -> None:
+        from marsseg.edge.io import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,239 @@
+"""Load, validate, clean, split and tile the labelled rover frames.
+
+Two file formats load into one in-memory form, `Dataset(frames uint8 (N,H,W), masks uint8 (N,H,W), names)`:
+- the AI4Mars frames file: `frames` (N,128,128) uint8, `masks` (N,128,128) uint8, optional `names`;
+- the course file `mars_for_students.npz`: `training_set` (N,2,64,128) with image and mask, floats or uint8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "MARSSEG_DATA"
+
+
+class DataError(ValueError):
+    """A data file that cannot be used as it is; the message names the key/shape at fault."""
+
+
+@dataclass
+class Dataset:
+    frames: np.ndarray  # uint8 (N, H, W)
+    masks: np.ndarray  # uint8 (N, H, W), class ids 0..4
+    names: np.ndarray  # str (N,)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        return Dataset(self.frames[idx], self.masks[idx], self.names[idx])
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The data file from the option, else $MARSSEG_DATA; a clear error when neither names a file."""
+    chosen = str(path) if path else os.environ.get(DATA_ENV, "")
+    if not chosen:
+        raise DataError(f"no data file given: pass --data FILE.npz or set {DATA_ENV}")
+    p = Path(chosen)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p} (pass --data FILE.npz or set {DATA_ENV})")
+    return p
+
+
+def _as_uint8_image(a: np.ndarray, key: str) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+        raise DataError(f"{key}: expected uint8 or float pixels, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise DataError(f"{key}: contains NaN or infinite pixel values")
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi > 255:
+        raise DataError(f"{key}: pixel values must be in [0, 1] or [0, 255], got [{lo:g}, {hi:g}]")
+    if hi <= 1.0:
+        a = a * 255.0
+    return np.rint(a).astype(np.uint8)
+
+
+def _as_mask(a: np.ndarray, key: str) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or not np.all(a == np.rint(a)):
+            raise DataError(f"{key}: mask values must be whole class ids, found non-integers")
+    elif not np.issubdtype(a.dtype, np.integer):
+        raise DataError(f"{key}: expected integer class ids, got dtype {a.dtype}")
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi >= NUM_CLASSES:
+        raise DataError(f"{key}: class ids must be in [0, {NUM_CLASSES - 1}], got [{lo:g}, {hi:g}]")
+    return a.astype(np.uint8)
+
+
+def _check_frames(frames: np.ndarray, masks: np.ndarray, fkey: str, mkey: str) -> None:
+    th, tw = TILE_SHAPE
+    if frames.ndim != 3:
+        raise DataError(f"{fkey}: expected shape (N, H, W), got {frames.shape}")
+    if frames.shape != masks.shape:
+        raise DataError(f"{fkey} shape {frames.shape} and {mkey} shape {masks.shape} must match (one mask per image)")
+    if frames.shape[0] == 0:
+        raise DataError(f"{fkey}: no samples")
+    if frames.shape[1] < th or frames.shape[2] != tw:
+        raise DataError(f"{fkey}: frames must be at least {th} high and exactly {tw} wide, got {frames.shape[1:]}")
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Load and validate either supported file format."""
+    path = Path(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from e
+    with npz:
+        keys = set(npz.files)
+        if {"frames", "masks"} <= keys:
+            frames = _as_uint8_image(npz["frames"], "frames")
+            masks = _as_mask(npz["masks"], "masks")
+            _check_frames(frames, masks, "frames", "masks")
+            names = npz["names"].astype(str) if "names" in keys else None
+        elif "training_set" in keys:
+            ts = npz["training_set"]
+            if ts.ndim != 4 or ts.shape[1] != 2:
+                raise DataError(f"training_set: expected shape (N, 2, H, W) (image, mask), got {ts.shape}")
+            frames = _as_uint8_image(ts[:, 0], "training_set[:, 0] (images)")
+            masks = _as_mask(ts[:, 1], "training_set[:, 1] (masks)")
+            _check_frames(frames, masks, "training_set[:, 0]", "training_set[:, 1]")
+            names = None
+        else:
+            raise DataError(f"{path}: expected keys 'frames'+'masks' or 'training_set', found {sorted(keys)}")
+    if names is None:
+        names = np.array([f"{path.stem}-{i:05d}" for i in range(len(frames))])
+    elif names.shape != (len(frames),):
+        raise DataError(f"names: expected shape ({len(frames)},), got {names.shape}")
+    return Dataset(frames, masks, names)
+
+
+@dataclass
+class CleaningReport:
+    kept: int
+    dropped_outlier: list[str]  # names of samples sharing an outlier mask pattern
+    dropped_unlabelled: list[str]
+    outlier_patterns: list[dict]  # {mask_sha1, count, distinct_images}
+
+    def as_dict(self) -> dict:
+        return {
+            "kept": self.kept,
+            "dropped_outlier": len(self.dropped_outlier),
+            "dropped_unlabelled": len(self.dropped_unlabelled),
+            "outlier_patterns": self.outlier_patterns,
+            "dropped_names": {"outlier": self.dropped_outlier, "unlabelled": self.dropped_unlabelled},
+        }
+
+
+def clean(ds: Dataset, min_repeats: int = 10) -> tuple[Dataset, CleaningReport]:
+    """Drop known-bad samples, reporting each drop and why.
+
+    Outlier pattern: one mask repeated on >= `min_repeats` samples whose images differ (the course data's
+    ~110 "alien" samples). A real scene never gives the very same label map on different images, so the
+    mask cannot describe those images. Samples with no labelled pixel teach nothing and are dropped too.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, m in enumerate(ds.masks):
+        groups[hashlib.sha1(m.tobytes()).hexdigest()].append(i)
+    drop = np.zeros(len(ds), dtype=bool)
+    patterns = []
+    for digest, idx in groups.items():
+        if len(idx) < min_repeats:
+            continue
+        distinct = len({hashlib.sha1(ds.frames[i].tobytes()).hexdigest() for i in idx})
+        if distinct > 1:  # same labels on different pictures: the labels are not about the pictures
+            drop[idx] = True
+            patterns.append({"mask_sha1": digest, "count": len(idx), "distinct_images": distinct})
+    outliers = list(ds.names[drop])
+    unlabelled_mask = ~drop & ~(ds.masks != BACKGROUND).any(axis=(1, 2))
+    unlabelled = list(ds.names[unlabelled_mask])
+    keep = ~(drop | unlabelled_mask)
+    for p in patterns:
+        log.warning("dropping %d samples sharing outlier mask %s (%d different images)",
+                    p["count"], p["mask_sha1"][:12], p["distinct_images"])
+    if unlabelled:
+        log.warning("dropping %d samples with no labelled pixel", len(unlabelled))
+    report = CleaningReport(int(keep.sum()), outliers, unlabelled, patterns)
+    return ds.subset(np.flatnonzero(keep)), report
+
+
+def split_by_frame(ds: Dataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/val frame indices, stratified on whether a frame contains big rock.
+
+    Tiles are cut after the split, so no frame contributes tiles to both sides.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    has_rare = (ds.masks == NUM_CLASSES - 1).any(axis=(1, 2))
+    train, val = [], []
+    for stratum in (np.flatnonzero(has_rare), np.flatnonzero(~has_rare)):
+        perm = rng.permutation(stratum)
+        n_val = int(round(len(perm) * val_fraction))
+        if len(perm) >= 2:
+            n_val = min(max(n_val, 1), len(perm) - 1)  # both sides get some of every stratum
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def fixed_tiles(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Validation tiles: evenly spaced vertical crops covering each frame; tiles with no label dropped."""
+    from marsseg.edge.tiling import axis_starts
+
+    th = TILE_SHAPE[0]
+    starts = axis_starts(ds.frames.shape[1], th, 0)
+    x = np.concatenate([ds.frames[:, s : s + th] for s in starts])
+    y = np.concatenate([ds.masks[:, s : s + th] for s in starts])
+    labelled = (y != BACKGROUND).any(axis=(1, 2))
+    return x[labelled], y[labelled]
+
+
+def class_weights(masks: np.ndarray, background_weight: float, cap: float) -> np.ndarray:
+    """Inverse pixel-frequency weights over terrain classes (balanced: total / (K * count)), capped.
+
+    Background gets `background_weight` (0 = excluded from the loss). Classes absent from the data get
+    the cap so they are not silently zero.
+    """
+    counts = np.bincount(masks.ravel(), minlength=NUM_CLASSES).astype(np.float64)
+    terrain = np.arange(NUM_CLASSES) != BACKGROUND
+    total = counts[terrain].sum()
+    w = np.full(NUM_CLASSES, cap, dtype=np.float64)
+    present = terrain & (counts > 0)
+    w[present] = total / (terrain.sum() * counts[present])
+    w = np.minimum(w, cap)
+    w[BACKGROUND] = background_weight
+    return w.astype(np.float32)
+
+
+def random_tiles(
+    ds: Dataset, rng: np.random.Generator, per_frame: int, hflip: bool, vflip: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of training tiles: `per_frame` random vertical crops of every frame, randomly flipped."""
+    th = TILE_SHAPE[0]
+    n, h, _ = ds.frames.shape
+    frame_idx = np.repeat(np.arange(n), per_frame)
+    offsets = rng.integers(0, h - th + 1, size=frame_idx.size)
+    rows = offsets[:, None] + np.arange(th)[None, :]
+    x = ds.frames[frame_idx[:, None], rows]
+    y = ds.masks[frame_idx[:, None], rows]
+    for axis, enabled in ((2, hflip), (1, vflip)):
+        if enabled:
+            flip = rng.random(frame_idx.size) < 0.5
+            x[flip] = np.flip(x[flip], axis=axis)
+            y[flip] = np.flip(y[flip], axis=axis)
+    return x, y

@@ -1,0 +1,245 @@
+"""The training loop: data -> cleaning -> split -> tiles -> model -> run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.edge.spec import CLASS_NAMES, preprocess
+from marsseg.train import data as D
+from marsseg.train.config import TrainConfig
+from marsseg.train.losses import make_loss
+from marsseg.train.macs import count_macs
+from marsseg.train.model import build_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainTiles(keras.utils.PyDataset):
+    """Fresh random crops and flips every epoch, batched as (float input, int labels)."""
+
+    def __init__(self, ds: D.Dataset, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.ds, self.cfg = ds, cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.on_epoch_end()
+
+    def on_epoch_end(self) -> None:
+        x, y = D.random_tiles(self.ds, self.rng, self.cfg.tiles_per_frame, self.cfg.hflip, self.cfg.vflip)
+        order = self.rng.permutation(len(x))
+        self.x, self.y = x[order], y[order]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.cfg.batch_size)
+
+    def __getitem__(self, i: int):
+        s = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
+        return preprocess(self.x[s]), self.y[s].astype(np.int32)
+
+
+def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax classes and the probabilities for uint8 tiles (N, H, W)."""
+    probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)
+    return probs.argmax(-1).astype(np.uint8), probs
+
+
+class ValidationIoU(keras.callbacks.Callback):
+    """Exact validation mean IoU (background ignored) via the shared metrics module, into the epoch logs.
+
+    Must come first among the callbacks so checkpointing, LR schedule and early stopping can monitor it.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, loss_fn, batch_size: int) -> None:
+        super().__init__()
+        self.x, self.y, self.loss_fn, self.batch_size = x, y, loss_fn, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        pred, probs = predict_classes(self.model, self.x, self.batch_size)
+        s = scores(confusion_matrix(self.y, pred))
+        losses = [
+            float(keras.ops.convert_to_numpy(self.loss_fn(self.y[i : i + 256], probs[i : i + 256])))
+            for i in range(0, len(self.y), 256)
+        ]
+        logs = logs if logs is not None else {}
+        logs["val_loss"] = float(np.mean(losses))
+        logs["val_miou"] = s.mean_iou
+        logs["val_acc"] = s.pixel_accuracy
+        for name, v in s.per_class_iou.items():
+            logs[f"val_iou_{name}"] = v
+        log.info("epoch %d: loss %.4f val_loss %.4f val_miou %.4f | %s", epoch + 1, logs.get("loss", float("nan")),
+                 logs["val_loss"], s.mean_iou, " ".join(f"{k} {v:.3f}" for k, v in s.per_class_iou.items()))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model atomically whenever val_miou improves, so Ctrl-C or a crash keeps the best so far."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path, self.best, self.best_epoch = path, -np.inf, -1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        v = (logs or {}).get("val_miou", -np.inf)
+        if v > self.best:
+            self.best, self.best_epoch = v, epoch + 1
+            write_atomic(self.path, lambda p: self.model.save(p))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop cleanly after the epoch that crosses a wall-clock budget (best weights are kept)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.deadline = time.monotonic() + minutes * 60
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if time.monotonic() > self.deadline:
+            log.info("time budget reached after epoch %d", epoch + 1)
+            self.model.stop_training = True
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_data(cfg: TrainConfig) -> dict:
+    """Load, clean and split by frame; returns the pieces training and export both need."""
+    path = D.resolve_data_path(cfg.data)
+    ds = D.load_dataset(path)
+    if cfg.limit_frames:
+        ds = ds.subset(np.arange(min(cfg.limit_frames, len(ds))))
+    ds, cleaning = D.clean(ds, cfg.outlier_min_repeats)
+    train_idx, val_idx = D.split_by_frame(ds, cfg.val_fraction, cfg.seed)
+    return {"path": path, "ds": ds, "cleaning": cleaning, "train": ds.subset(train_idx), "val": ds.subset(val_idx)}
+
+
+def load_split(run_dir: Path) -> dict:
+    return json.loads((run_dir / "split.json").read_text())
+
+
+def validation_tiles_for_run(run_dir: Path, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out validation tiles of a finished run (same frames, same fixed crops)."""
+    cfg = TrainConfig.load(run_dir / "config.json")
+    if data:
+        cfg.data = data
+    split = load_split(run_dir)
+    ds = D.load_dataset(D.resolve_data_path(cfg.data))
+    wanted = set(split["val_names"])
+    idx = np.array([i for i, n in enumerate(ds.names) if n in wanted])
+    if len(idx) != len(wanted):
+        raise D.DataError(f"{len(wanted) - len(idx)} validation frames of run {run_dir} are missing from {cfg.data}")
+    return D.fixed_tiles(ds.subset(idx))
+
+
+@contextlib.contextmanager
+def device_scope():
+    """Mixed precision + MirroredStrategy on GPUs (TensorFlow backend); plain CPU otherwise."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+            strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+            log.info("training on %d GPU(s), mixed precision", len(gpus))
+            with strategy.scope():
+                yield
+            return
+    log.info("training on CPU (%s backend)", keras.backend.backend())
+    yield
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train one model; returns the run folder."""
+    from marsseg.train import report
+
+    keras.utils.set_random_seed(cfg.seed)
+    prep = prepare_data(cfg)
+    train_ds, val_ds = prep["train"], prep["val"]
+    val_x, val_y = D.fixed_tiles(val_ds)
+    weights = D.class_weights(train_ds.masks, cfg.background_weight, cfg.rare_cap)
+    log.info("frames: %d train / %d val (%d val tiles); class weights %s", len(train_ds), len(val_ds),
+             len(val_x), np.round(weights, 3).tolist())
+
+    run_name = cfg.run_name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    write_text_atomic(run_dir / "split.json", json.dumps({
+        "data": str(prep["path"]), "data_sha256": file_sha256(prep["path"]), "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction, "train_frames": len(train_ds), "val_frames": len(val_ds),
+        "val_names": val_ds.names.tolist(), "cleaning": prep["cleaning"].as_dict(),
+    }, indent=1))
+
+    loss_fn = make_loss(cfg.loss, weights, cfg.focal_gamma, cfg.dice_weight)
+    with device_scope():
+        model = build_model(cfg)
+        lr = cfg.learning_rate
+        steps = math.ceil(len(train_ds) * cfg.tiles_per_frame / cfg.batch_size)
+        if cfg.schedule == "cosine_restarts":
+            lr = keras.optimizers.schedules.CosineDecayRestarts(cfg.learning_rate, first_decay_steps=steps * 10)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss_fn)
+    macs = count_macs(model)
+    log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
+
+    ckpt = BestCheckpoint(run_dir / "model.keras")
+    callbacks = [
+        ValidationIoU(val_x, val_y, loss_fn, cfg.batch_size),
+        ckpt,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        keras.callbacks.EarlyStopping("val_miou", mode="max", patience=cfg.patience, restore_best_weights=True),
+    ]
+    if cfg.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            "val_miou", mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=1))
+    if cfg.time_budget_min > 0:
+        callbacks.append(TimeBudget(cfg.time_budget_min))
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        history = model.fit(TrainTiles(train_ds, cfg), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+        epochs_run = len(history.history.get("loss", []))
+    except KeyboardInterrupt:
+        interrupted = True
+        epochs_run = ckpt.best_epoch
+        log.warning("interrupted: keeping the best model so far (epoch %d)", ckpt.best_epoch)
+    wall = time.perf_counter() - started
+    if not (run_dir / "model.keras").exists():
+        raise RuntimeError("training stopped before the first epoch finished; no model was saved")
+
+    best = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    pred, _ = predict_classes(best, val_x, cfg.batch_size)
+    cm = confusion_matrix(val_y, pred)
+    s = scores(cm)
+    metrics = {
+        "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **s.as_dict(),
+        "confusion_matrix": cm.tolist(), "class_names": list(CLASS_NAMES),
+        "best_epoch": ckpt.best_epoch, "epochs_run": epochs_run, "interrupted": interrupted,
+        "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs_run, 1), 1),
+        "parameters": int(best.count_params()), "macs_per_tile": int(macs),
+        "class_weights": weights.tolist(), "train_frames": len(train_ds), "val_frames": len(val_ds),
+        "val_tiles": len(val_x), "backend": keras.backend.backend(),
+    }
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if (run_dir / "history.csv").exists():
+        report.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    report.plot_confusion(cm, run_dir / "confusion.png")
+    k = min(cfg.predictions_to_plot, len(val_x))
+    pick = np.random.default_rng(0).choice(len(val_x), size=k, replace=False)
+    report.plot_predictions(val_x[pick], val_y[pick], pred[pick], run_dir / "predictions.png")
+    log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, s.mean_iou,
+             ", ".join(f"{k} {v:.3f}" for k, v in s.per_class_iou.items()), wall)
+    return run_dir

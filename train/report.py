@@ -1,0 +1,71 @@
+"""Pictures people would rather look at than read: curves, confusion matrix, prediction grids."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from marsseg.edge.io import write_atomic  # noqa: E402
+from marsseg.edge.render import colourize, palette  # noqa: E402
+from marsseg.edge.spec import CLASS_NAMES, CLASSES  # noqa: E402
+
+LUT = palette([c.colour for c in CLASSES])
+
+
+def _save(fig, path: Path) -> None:
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def plot_curves(history_csv: Path, path: Path) -> None:
+    """Loss and validation mean IoU per epoch, from Keras's CSVLogger output."""
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "val_loss"):
+        if key in rows[0]:
+            a.plot(epochs, [float(r[key]) for r in rows], label=key)
+    a.set_xlabel("epoch"), a.set_title("loss"), a.legend()
+    for key in [k for k in rows[0] if k.startswith("val_iou_") or k == "val_miou"]:
+        b.plot(epochs, [float(r[key]) for r in rows], label=key, lw=2.5 if key == "val_miou" else 1)
+    b.set_xlabel("epoch"), b.set_title("validation IoU (background ignored)"), b.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, path: Path, title: str = "validation confusion (row-normalised)") -> None:
+    cm = np.asarray(cm, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=30)
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    for (i, j), v in np.ndenumerate(norm):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+
+
+def plot_predictions(x: np.ndarray, y: np.ndarray, pred: np.ndarray, path: Path) -> None:
+    """Rows of image / ground truth / prediction for a few validation tiles."""
+    n = len(x)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 1.6 * n), squeeze=False)
+    for i in range(n):
+        for ax, img, title in zip(
+            axes[i], (x[i], colourize(y[i], LUT), colourize(pred[i], LUT)), ("image", "truth", "prediction"),
+            strict=True,
+        ):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title)
+    _save(fig, path)
