@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from marsseg.edge.spec import BACKGROUND, CLASS_NAMES, NUM_CLASSES
 
 

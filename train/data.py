@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ def split_by_frame(ds: Dataset, val_fraction: float, seed: int) -> tuple[np.ndar
     train, val = [], []
     for stratum in (np.flatnonzero(has_rare), np.flatnonzero(~has_rare)):
         perm = rng.permutation(stratum)
-        n_val = int(round(len(perm) * val_fraction))
+        n_val = round(len(perm) * val_fraction)
         if len(perm) >= 2:
             n_val = min(max(n_val, 1), len(perm) - 1)  # both sides get some of every stratum
         val.append(perm[:n_val])

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess

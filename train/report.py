@@ -8,12 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from marsseg.edge.io import write_atomic  # noqa: E402
-from marsseg.edge.render import colourize, palette  # noqa: E402
-from marsseg.edge.spec import CLASS_NAMES, CLASSES  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from marsseg.edge.io import write_atomic
+from marsseg.edge.render import colourize, palette
+from marsseg.edge.spec import CLASS_NAMES, CLASSES
 
 LUT = palette([c.colour for c in CLASSES])
 

@@ -1,0 +1,59 @@
+# marsseg: train -> export -> edge. Every target sets up what it needs first.
+PY        ?= python3
+VENV      ?= .venv
+EDGE_VENV ?= .venv-edge
+DATA      ?= ../shared/data/ai4mars-frames-128.npz
+RUNS      ?= runs
+CONFIG    ?= train/configs/default.json
+MODEL     ?=
+OUT       ?= out
+
+BIN      := $(VENV)/bin
+EDGE_BIN := $(EDGE_VENV)/bin
+export MARSSEG_DATA ?= $(DATA)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup setup-edge test lint train export calibration demo eval bench board-check clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[train,test]"
+	touch $@
+
+$(EDGE_VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(EDGE_VENV)
+	$(EDGE_BIN)/pip install -q --upgrade pip
+	$(EDGE_BIN)/pip install -q -e .
+	touch $@
+
+setup: $(VENV)/.stamp           ## full dev environment: edge runtime + TensorFlow + test tools
+setup-edge: $(EDGE_VENV)/.stamp ## the light runtime alone, as on a board
+
+test: setup                     ## the whole suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+train: setup                    ## train the default dual U-Net on $(DATA)
+	$(BIN)/marsseg-train --config $(CONFIG) --data $(DATA) --out-dir $(RUNS)
+
+calibration: setup              ## regenerate calibration_data/ from the training frames
+	$(BIN)/marsseg-export calibrate --data $(DATA) --out calibration_data/calibration_tiles.npz
+
+export: setup                   ## int8 TFLite + metadata + accuracy report from the latest run (or MODEL=...)
+	$(BIN)/marsseg-export $(if $(MODEL),--model $(MODEL),--runs $(RUNS))
+
+demo: setup-edge                ## the bundled model on the bundled clip of real validation frames
+	$(EDGE_BIN)/marsseg-edge --source demo --output $(OUT)/demo --summary
+
+eval: setup                     ## frame-level evaluation of the bundled int8 model
+	$(BIN)/marsseg-eval --split-of edge/assets --data $(DATA) --output $(OUT)/eval
+
+bench: setup                    ## benchmarks -> bench/results/<host>-<date>.json
+	$(BIN)/python -m tools.bench --output bench/results
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache
