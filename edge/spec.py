@@ -48,18 +48,3 @@ def preprocess(tiles: np.ndarray) -> np.ndarray:
         raise TypeError(f"preprocess expects uint8 pixels, got {tiles.dtype}; convert images to uint8 first")
     out = tiles.astype(np.float32) * np.float32(INPUT_SCALE) + np.float32(INPUT_OFFSET)
     return out[..., None]
-
-
-def quantize_input(tiles: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 pixels -> int8 model input with the model's own input quantization.
-
-    Equivalent to quantizing `preprocess(tiles)`; computed in float32 then rounded, clipped to int8.
-    """
-    x = tiles.astype(np.float32) * np.float32(INPUT_SCALE / scale)
-    x += np.float32(INPUT_OFFSET / scale + zero_point)
-    np.rint(x, out=x)
-    np.clip(x, -128, 127, out=x)
-    if out is None:
-        return x.astype(np.int8)[..., None]
-    out[...] = x[..., None]
-    return out

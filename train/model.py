@@ -19,11 +19,11 @@ def conv_bn(x, filters: int, cfg: TrainConfig, kernel: int = 3, dilation: int = 
     return layers.ReLU()(x) if relu else x
 
 
-def res_block(x, filters: int, cfg: TrainConfig, dilation: int = 1):
+def res_block(x, filters: int, cfg: TrainConfig):
     """Two 3x3 conv+BN with an identity (or 1x1 projection) shortcut."""
     shortcut = x if x.shape[-1] == filters else conv_bn(x, filters, cfg, kernel=1, relu=False)
-    y = conv_bn(x, filters, cfg, dilation=dilation)
-    y = conv_bn(y, filters, cfg, dilation=dilation, relu=False)
+    y = conv_bn(x, filters, cfg)
+    y = conv_bn(y, filters, cfg, relu=False)
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
@@ -40,15 +40,15 @@ def upsample_to(x, height: int, width: int):
     return layers.Resizing(height, width, interpolation="nearest")(x)
 
 
-def unet_branch(x, widths: tuple[int, ...], bottleneck: int, cfg: TrainConfig, dilations: tuple[int, ...]):
+def unet_branch(x, widths: tuple[int, ...], bottleneck: int, cfg: TrainConfig, blocks: int):
     """Encoder (res blocks + max-pool), SE bottleneck with dropout, decoder with skip connections."""
     skips = []
     for f in widths:
         x = res_block(x, f, cfg)
         skips.append(x)
         x = layers.MaxPooling2D(2)(x)
-    for d in dilations:
-        x = res_block(x, bottleneck, cfg, dilation=d)
+    for _ in range(blocks):
+        x = res_block(x, bottleneck, cfg)
     x = squeeze_excite(x, cfg.se_ratio)
     x = layers.Dropout(cfg.dropout)(x)
     for f, skip in zip(reversed(widths), reversed(skips), strict=True):
@@ -63,16 +63,17 @@ def dual_unet(cfg: TrainConfig) -> keras.Model:
     """Seed 1's dual U-Net: a full-resolution detail branch and a quarter-resolution context branch.
 
     Compute is put at low resolution: the detail branch is narrow at full resolution; the context branch
-    starts after a cheap conv + max-pool stem at 1/4 scale, is wider, and ends in dilated bottleneck blocks
-    for a receptive field covering the whole tile. Branch outputs meet at full resolution, then 1x1 + softmax.
+    starts after a cheap conv + max-pool stem at 1/4 scale, is wider, and ends in two bottleneck blocks at
+    1/16 scale whose receptive field covers the whole tile. No dilated convs: with a dynamic batch the
+    converter lowers them to SPACE_TO_BATCH/BATCH_TO_SPACE pairs, which embedded delegates handle badly. Branch outputs meet at full resolution, then 1x1 + softmax.
     """
     h, w = TILE_SHAPE
     inp = keras.Input((h, w, 1), name="image")
-    fine = unet_branch(inp, cfg.fine_widths, cfg.bottleneck, cfg, dilations=(1,))
+    fine = unet_branch(inp, cfg.fine_widths, cfg.bottleneck, cfg, blocks=1)
     coarse = inp
     for f in (cfg.fine_widths[0], cfg.coarse_widths[0]):  # stem: conv + pool twice, 1/4 scale
         coarse = layers.MaxPooling2D(2)(conv_bn(coarse, f, cfg))
-    coarse = unet_branch(coarse, cfg.coarse_widths, cfg.coarse_bottleneck, cfg, dilations=(1, 2))
+    coarse = unet_branch(coarse, cfg.coarse_widths, cfg.coarse_bottleneck, cfg, blocks=2)
     coarse = conv_bn(coarse, cfg.fine_widths[0], cfg, kernel=1)
     coarse = upsample_to(coarse, h, w)
     x = layers.Concatenate()([fine, coarse])

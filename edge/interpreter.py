@@ -1,0 +1,126 @@
+"""The one adapter over the TFLite interpreter: which runtime, tensors in, dequantized tensors out.
+
+pycoral-style thin free functions. `ai-edge-litert` (LiteRT) is the runtime; `tflite_runtime` is accepted
+as a fallback for legacy boards. int8 outputs are dequantized with the model's own scale and zero point
+(never reinterpreted as uint8).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ModelError(RuntimeError):
+    """A model file that cannot be used; the message says what and how to fix it."""
+
+
+def interpreter_class() -> tuple[type, str]:
+    """The Interpreter class of the first importable runtime, and the runtime's name."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError as e:
+        raise ModelError("no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime on legacy boards)") from e
+
+
+def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, delegates: bool = True) -> Any:
+    """Load a .tflite model; a missing or corrupt file is a ModelError naming the file.
+
+    `delegates=False` skips the default XNNPACK delegate (to list the model's own ops).
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path} (pass --model PATH.tflite)")
+    cls, _ = interpreter_class()
+    try:
+        kwargs = {}
+        if not delegates:
+            module = sys.modules[cls.__module__]
+            kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        interp = cls(model_path=str(path), num_threads=num_threads or os.cpu_count(), **kwargs)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{path} is not a loadable TFLite model ({str(e).splitlines()[0]}); re-export it") from e
+    return interp
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float  # 0.0 for float tensors
+    zero_point: int
+
+
+def _info(d: dict) -> TensorInfo:
+    scale, zp = d.get("quantization", (0.0, 0))
+    return TensorInfo(int(d["index"]), tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zp))
+
+
+def input_info(interp: Any) -> TensorInfo:
+    return _info(interp.get_input_details()[0])
+
+
+def output_info(interp: Any) -> TensorInfo:
+    return _info(interp.get_output_details()[0])
+
+
+def resize_batch(interp: Any, batch: int) -> None:
+    """Set the batch dimension (once per frame shape, not per frame) and reallocate."""
+    info = input_info(interp)
+    if info.shape[0] != batch:
+        interp.resize_tensor_input(info.index, [batch, *info.shape[1:]])
+        interp.allocate_tensors()
+
+
+def set_input(interp: Any, batch: np.ndarray) -> None:
+    """Copy an already-typed batch (int8 or float32, NHWC) into the input tensor."""
+    info = input_info(interp)
+    if batch.dtype != info.dtype or batch.shape != info.shape:
+        raise ValueError(f"input must be {info.dtype} {info.shape}, got {batch.dtype} {batch.shape}")
+    interp.set_tensor(info.index, batch)
+
+
+def get_output(interp: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """The output as float32, dequantized as (q - zero_point) * scale for quantized tensors."""
+    info = output_info(interp)
+    raw = interp.get_tensor(info.index)
+    if out is None:
+        out = np.empty(raw.shape, np.float32)
+    if info.scale:
+        np.subtract(raw, np.float32(info.zero_point), out=out, dtype=np.float32)
+        out *= np.float32(info.scale)
+    else:
+        out[...] = raw
+    return out
+
+
+def op_names(interp: Any) -> list[str]:
+    """Builtin op names in execution order."""
+    return [d["op_name"] for d in interp._get_ops_details()]
+
+
+def float_tensors_in_ops(interp: Any) -> list[str]:
+    """Ops that read or write a float tensor: on a full-integer model there must be none."""
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    bad = []
+    for op in interp._get_ops_details():
+        for t in [*op["inputs"], *op["outputs"]]:
+            if t >= 0 and t in details and np.dtype(details[t]["dtype"]) in (np.float32, np.float16):
+                bad.append(f"{op['op_name']}({details[t]['name']})")
+                break
+    return bad
