@@ -7,6 +7,7 @@ as a fallback for legacy boards. int8 outputs are dequantized with the model's o
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(RuntimeError):
@@ -39,21 +42,42 @@ def interpreter_class() -> tuple[type, str]:
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, delegates: bool = True) -> Any:
     """Load a .tflite model; a missing or corrupt file is a ModelError naming the file.
 
-    `delegates=False` skips the default XNNPACK delegate (to list the model's own ops).
+    `delegates=False` skips the default XNNPACK delegate (to list the model's own ops). If XNNPACK
+    refuses the model (e.g. degenerate quantization scales), the built-in kernels are used instead with
+    a warning: slower, but the rover keeps seeing. The export stage fails such a model up front.
     """
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path} (pass --model PATH.tflite)")
     cls, _ = interpreter_class()
+    threads = num_threads or os.cpu_count()
     try:
-        kwargs = {}
-        if not delegates:
-            module = sys.modules[cls.__module__]
-            kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interp = cls(model_path=str(path), num_threads=num_threads or os.cpu_count(), **kwargs)
-        interp.allocate_tensors()
+        return _create(cls, path, threads, delegates)
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{path} is not a loadable TFLite model ({str(e).splitlines()[0]}); re-export it") from e
+        first = str(e).splitlines()[0]
+        if delegates and "XNNPack" in first:
+            log.warning("XNNPACK refused %s (%s); falling back to built-in kernels", path, first)
+            return make_interpreter(path, num_threads, delegates=False)
+        raise ModelError(f"{path} is not a loadable TFLite model ({first}); re-export it") from e
+
+
+def xnnpack_accepts(model_path: str | os.PathLike) -> str:
+    """'' if the default XNNPACK delegate prepares the model, else its error (the export gate uses this)."""
+    cls, _ = interpreter_class()
+    try:
+        _create(cls, Path(model_path), 1, True)
+    except (ValueError, RuntimeError) as e:
+        return str(e).splitlines()[0]
+    return ""
+
+
+def _create(cls: type, path: Path, threads: int | None, delegates: bool) -> Any:
+    kwargs = {}
+    if not delegates:
+        module = sys.modules[cls.__module__]
+        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = cls(model_path=str(path), num_threads=threads, **kwargs)
+    interp.allocate_tensors()
     return interp
 
 

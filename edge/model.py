@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from marsseg.edge import interpreter as it
 from marsseg.edge.metadata import ModelMetadata, check_model, load_metadata, metadata_path
 

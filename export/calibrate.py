@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from marsseg.edge.io import write_atomic
 from marsseg.edge.spec import NUM_CLASSES
 from marsseg.train import data as D

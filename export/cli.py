@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from marsseg.edge.interpreter import ModelError, make_interpreter
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.edge.metadata import build_metadata, metadata_path

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
 from marsseg.edge import interpreter as it
 from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
@@ -62,6 +61,10 @@ def op_report(model_path: Path) -> dict:
     i, o = it.input_info(interp), it.output_info(interp)
     problems = [f"float tensor in op {x}" for x in it.float_tensors_in_ops(interp)]
     problems += [f"trouble op {op}" for op in sorted(set(ops) & TROUBLE_OPS)]
+    refused = it.xnnpack_accepts(model_path)
+    if refused:
+        problems.append(f"XNNPACK delegate refuses the model ({refused}); often a dead layer (all-zero "
+                        "activations over the calibration set)")
     if i.dtype != np.int8 or o.dtype != np.int8:
         problems.append(f"input/output must be int8, got {i.dtype}/{o.dtype}")
     counts: dict[str, int] = {}

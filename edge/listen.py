@@ -1,0 +1,98 @@
+"""`marsseg-listen`: print (and optionally save) the terrain maps and heartbeats arriving on a serial port.
+
+Examples:
+  marsseg-listen /dev/ttyUSB0 --baud 921600
+  marsseg-listen /dev/pts/5 --json --save maps/
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import serial
+from marsseg.edge import protocol as P
+from marsseg.edge.io import write_bytes_atomic
+from marsseg.edge.serial_link import Receiver
+
+
+def describe(msg: P.Message) -> dict:
+    h = msg.header
+    base = {"seq": h.seq, "timestamp_us": h.timestamp_us, "frame_id": h.frame_id}
+    if isinstance(msg, P.HeartbeatMessage):
+        d = asdict(msg)
+        d.pop("header")
+        d["model_id"] = msg.model_id.hex()
+        return {"type": "heartbeat", **base, **d}
+    rows, cols = msg.classes.shape
+    hist = np.bincount(msg.classes.ravel(), minlength=msg.num_classes) / msg.classes.size
+    return {"type": "grid", **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
+            "encoding": "rle" if msg.encoding == P.ENC_RLE else "raw", "classes": msg.classes.tolist(),
+            "cost": msg.cost.tolist(), "class_fractions": [round(float(x), 3) for x in hist],
+            "lethal_cells": int((msg.cost == P.COST_LETHAL).sum())}
+
+
+def human(d: dict) -> str:
+    if d["type"] == "heartbeat":
+        return (f"heartbeat seq={d['seq']} fps={d['fps']:.1f} frames={d['frames']} dropped={d['dropped']} "
+                f"errors={d['errors']} maps sent/skipped={d['maps_sent']}/{d['maps_skipped']} "
+                f"model={d['model_id']} up={d['uptime_s']}s")
+    return (f"grid seq={d['seq']} frame={d['frame_id']} {d['rows']}x{d['cols']} cells of {d['cell'][0]}x{d['cell'][1]} "
+            f"px ({d['encoding']}) classes={d['class_fractions']} lethal={d['lethal_cells']}")
+
+
+def save_grid(msg: P.GridMessage, out_dir: Path) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, classes=msg.classes, confidence=msg.confidence, cost=P.byte_to_cost(msg.cost),
+                        cell=np.array(msg.cell), origin=np.array(msg.origin))
+    write_bytes_atomic(out_dir / f"grid_{msg.header.frame_id:08d}_{msg.header.seq:08d}.npz", buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="marsseg-listen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("port", help="serial port or pyserial URL (e.g. /dev/ttyUSB0, loop://)")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--json", action="store_true", help="JSON lines instead of human-readable lines")
+    p.add_argument("--save", type=Path, help="save each grid as .npz in this folder")
+    p.add_argument("--count", type=int, default=0, help="exit after this many messages (0 = run until Ctrl-C)")
+    p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many silent seconds")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rx = Receiver(a.port, a.baud)
+    except (serial.SerialException, OSError, ValueError) as e:
+        print(f"marsseg-listen: error: cannot open {a.port}: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    n = 0
+    try:
+        for msg in rx.messages(stop, a.idle_timeout):
+            d = describe(msg)
+            print(json.dumps(d) if a.json else human(d), flush=True)
+            if a.save and isinstance(msg, P.GridMessage):
+                save_grid(msg, a.save)
+            n += 1
+            if a.count and n >= a.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rx.close()
+    s = rx.decoder.stats
+    print(f"received {s.frames} messages, {s.crc_errors} corrupt, {s.seq_gaps} lost, {s.duplicates} duplicates, "
+          f"{s.resyncs} resyncs, {s.bytes} bytes", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

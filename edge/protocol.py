@@ -1,0 +1,275 @@
+"""The terrain-map link protocol (docs/protocol.md): pure encode/decode, no I/O.
+
+Wire: COBS(frame) + 0x00 per frame. Frame (little-endian):
+  magic 'MS' (2) | version (1) | type (1) | seq u32 | timestamp_us u64 | frame_id u32 | length u16 |
+  payload (length) | CRC-32 u32 (zlib.crc32 of everything before it)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"MS"
+VERSION = 1
+HEADER = struct.Struct("<2sBBIQIH")  # 22 bytes
+CRC = struct.Struct("<I")
+MAX_PAYLOAD = 16384
+MAX_FRAME = HEADER.size + MAX_PAYLOAD + CRC.size  # unstuffed
+MAX_WIRE = MAX_FRAME + MAX_FRAME // 254 + 2  # COBS overhead + delimiter
+
+TYPE_GRID, TYPE_HEARTBEAT = 1, 2
+ENC_RAW, ENC_RLE = 0, 1
+GRID_HEAD = struct.Struct("<HHHHhhBB")  # rows, cols, cell_h, cell_w, origin_row, origin_col, encoding, classes
+HEARTBEAT = struct.Struct("<fIIIIII8s")  # fps, frames, dropped, errors, maps_sent, maps_skipped, uptime_s, model_id
+COST_SCALE = 10  # cost byte = round(cost * 10) for costs 0..25.3
+COST_LETHAL, COST_UNKNOWN = 254, 255
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be encoded as asked (too large, out-of-range field)."""
+
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: output has no 0x00; decode(encode(x)) == x."""
+    out = bytearray()
+    for block in data.split(b"\x00"):
+        while len(block) >= 254:
+            out += b"\xff" + block[:254]
+            block = block[254:]
+        out += bytes([len(block) + 1]) + block
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Inverse of cobs_encode; raises ValueError on a malformed block."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0 or i + code > n + (1 if code == 1 else 0) or 0 in data[i + 1 : i + code]:
+            raise ValueError("malformed COBS block")
+        out += data[i + 1 : i + code]
+        i += code
+        if code < 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class Header:
+    type: int
+    seq: int
+    timestamp_us: int
+    frame_id: int
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """One wire frame: COBS(header + payload + CRC-32) + 0x00."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
+    body = HEADER.pack(MAGIC, VERSION, header.type, header.seq & 0xFFFFFFFF, header.timestamp_us,
+                       header.frame_id & 0xFFFFFFFF, len(payload)) + payload
+    return cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
+
+
+def unpack(frame: bytes) -> tuple[Header, bytes]:
+    """Check and split one unstuffed frame; ValueError says what is wrong."""
+    if len(frame) < HEADER.size + CRC.size:
+        raise ValueError(f"frame of {len(frame)} bytes is shorter than header + CRC")
+    body, (crc,) = frame[: -CRC.size], CRC.unpack(frame[-CRC.size :])
+    if zlib.crc32(body) != crc:
+        raise ValueError("CRC mismatch")
+    magic, version, mtype, seq, ts, fid, length = HEADER.unpack_from(body)
+    if magic != MAGIC or version != VERSION:
+        raise ValueError(f"bad magic/version {magic!r}/{version}")
+    if length != len(body) - HEADER.size:
+        raise ValueError(f"length field {length} != payload {len(body) - HEADER.size}")
+    return Header(mtype, seq, ts, fid), body[HEADER.size :]
+
+
+def rle_encode(data: bytes) -> bytes:
+    """(run length 1..255, value) pairs."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        j = i
+        while j < len(data) and j - i < 255 and data[j] == data[i]:
+            j += 1
+        out += bytes((j - i, data[i]))
+        i = j
+    return bytes(out)
+
+
+def rle_decode(data: bytes, expected: int) -> bytes:
+    if len(data) % 2:
+        raise ValueError("RLE data has odd length")
+    out = bytearray()
+    for k in range(0, len(data), 2):
+        if data[k] == 0:
+            raise ValueError("RLE run of length 0")
+        out += bytes([data[k + 1]]) * data[k]
+    if len(out) != expected:
+        raise ValueError(f"RLE expands to {len(out)} bytes, expected {expected}")
+    return bytes(out)
+
+
+def cost_to_byte(cost: np.ndarray) -> np.ndarray:
+    c = np.asarray(cost, np.float64)
+    out = np.clip(np.rint(np.nan_to_num(c, nan=0, posinf=0) * COST_SCALE), 0, COST_LETHAL - 1)
+    out = np.where(np.isinf(c), COST_LETHAL, out)
+    return np.where(np.isnan(c), COST_UNKNOWN, out).astype(np.uint8)
+
+
+def byte_to_cost(b: np.ndarray) -> np.ndarray:
+    out = b.astype(np.float32) / COST_SCALE
+    out[b == COST_LETHAL] = np.inf
+    out[b == COST_UNKNOWN] = np.nan
+    return out
+
+
+@dataclass
+class GridMessage:
+    """Terrain grid: per cell class id, confidence (0..255 = 0..1) and cost byte (see COST_*)."""
+
+    header: Header
+    cell: tuple[int, int]
+    origin: tuple[int, int]
+    num_classes: int
+    classes: np.ndarray  # uint8 (rows, cols)
+    confidence: np.ndarray  # uint8 (rows, cols)
+    cost: np.ndarray  # uint8 (rows, cols)
+    encoding: int = ENC_RAW
+
+    def payload(self) -> bytes:
+        rows, cols = self.classes.shape
+        planes = b"".join(np.ascontiguousarray(p, np.uint8).tobytes()
+                          for p in (self.classes, self.confidence, self.cost))
+        rle = rle_encode(planes)
+        enc, body = (ENC_RLE, rle) if len(rle) < len(planes) else (ENC_RAW, planes)
+        self.encoding = enc
+        return GRID_HEAD.pack(rows, cols, *self.cell, *self.origin, enc, self.num_classes) + body
+
+    @classmethod
+    def parse(cls, header: Header, payload: bytes) -> GridMessage:
+        if len(payload) < GRID_HEAD.size:
+            raise ValueError("grid payload shorter than its head")
+        rows, cols, ch, cw, orow, ocol, enc, ncls = GRID_HEAD.unpack_from(payload)
+        body, n = payload[GRID_HEAD.size :], rows * cols
+        if enc == ENC_RLE:
+            body = rle_decode(body, 3 * n)
+        elif enc != ENC_RAW or len(body) != 3 * n:
+            raise ValueError(f"grid body: encoding {enc}, {len(body)} bytes for {rows}x{cols} cells")
+        planes = np.frombuffer(body, np.uint8).reshape(3, rows, cols)
+        return cls(header, (ch, cw), (orow, ocol), ncls, planes[0].copy(), planes[1].copy(), planes[2].copy(), enc)
+
+
+@dataclass
+class HeartbeatMessage:
+    header: Header
+    fps: float
+    frames: int
+    dropped: int
+    errors: int
+    maps_sent: int
+    maps_skipped: int
+    uptime_s: int
+    model_id: bytes = field(default=b"\x00" * 8)
+
+    def payload(self) -> bytes:
+        return HEARTBEAT.pack(self.fps, self.frames, self.dropped, self.errors, self.maps_sent, self.maps_skipped,
+                              self.uptime_s, self.model_id[:8].ljust(8, b"\x00"))
+
+    @classmethod
+    def parse(cls, header: Header, payload: bytes) -> HeartbeatMessage:
+        if len(payload) != HEARTBEAT.size:
+            raise ValueError(f"heartbeat payload is {len(payload)} bytes, expected {HEARTBEAT.size}")
+        return cls(header, *HEARTBEAT.unpack(payload))
+
+
+Message = GridMessage | HeartbeatMessage
+PARSERS = {TYPE_GRID: GridMessage.parse, TYPE_HEARTBEAT: HeartbeatMessage.parse}
+
+
+def encode(msg: Message) -> bytes:
+    return pack(msg.header, msg.payload())
+
+
+def decode_frame(frame: bytes) -> Message:
+    """One unstuffed frame -> message; ValueError for anything corrupt or unknown."""
+    header, payload = unpack(frame)
+    parser = PARSERS.get(header.type)
+    if parser is None:
+        raise ValueError(f"unknown message type {header.type}")
+    return parser(header, payload)
+
+
+@dataclass
+class DecoderStats:
+    frames: int = 0
+    crc_errors: int = 0  # any frame rejected: CRC, COBS, header or payload inconsistency
+    seq_gaps: int = 0  # messages lost between two received ones
+    duplicates: int = 0
+    resyncs: int = 0  # oversized garbage discarded without a delimiter
+    bytes: int = 0
+
+
+class StreamDecoder:
+    """Bytes in, messages out. Never raises on input; memory bounded by MAX_WIRE."""
+
+    def __init__(self) -> None:
+        self.stats = DecoderStats()
+        self._buf = bytearray()
+        self._overflow = False
+        self._last_seq: int | None = None
+
+    def feed(self, data: bytes) -> list[Message]:
+        self.stats.bytes += len(data)
+        out: list[Message] = []
+        start = 0
+        while True:
+            end = data.find(b"\x00", start)
+            chunk = data[start:] if end < 0 else data[start:end]
+            if not self._overflow:
+                self._buf += chunk
+                if len(self._buf) > MAX_WIRE:  # no delimiter in sight: drop and wait for the next 0x00
+                    self._buf.clear()
+                    self._overflow = True
+                    self.stats.resyncs += 1
+            if end < 0:
+                return out
+            if not self._overflow and self._buf:
+                msg = self._frame(bytes(self._buf))
+                if msg is not None:
+                    out.append(msg)
+            self._buf.clear()
+            self._overflow = False
+            start = end + 1
+
+    def _frame(self, wire: bytes) -> Message | None:
+        try:
+            msg = decode_frame(cobs_decode(wire))
+        except (ValueError, struct.error):
+            self.stats.crc_errors += 1
+            return None
+        seq = msg.header.seq
+        if self._last_seq is not None:
+            delta = (seq - self._last_seq) & 0xFFFFFFFF
+            if delta == 0:
+                self.stats.duplicates += 1
+                return None
+            if delta < 0x80000000:
+                self.stats.seq_gaps += delta - 1
+        self._last_seq = seq
+        self.stats.frames += 1
+        return msg
+
+
+def wire_size(payload_len: int) -> int:
+    """Worst-case bytes on the wire for a payload (COBS overhead + delimiter)."""
+    n = HEADER.size + payload_len + CRC.size
+    return n + math.ceil(n / 254) + 1

@@ -1,0 +1,139 @@
+"""Where terrain products go: files, an overlay video, JSON lines on stdout (serial lives in serial_link).
+
+Every publisher has `publish(frame, result)` and `close()`. A publisher failure is counted and logged by
+the runtime; it never stops segmentation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import cv2
+import numpy as np
+from marsseg.edge.io import write_bytes_atomic
+from marsseg.edge.render import overlay
+from marsseg.edge.sources import Frame
+from marsseg.edge.terrain import TerrainGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """One processed frame: what every publisher receives."""
+
+    gray: np.ndarray  # uint8 frame as segmented (after --scale/--resize)
+    mask: np.ndarray  # uint8 class ids at the input frame's size
+    confidence: np.ndarray  # float32
+    grid: TerrainGrid
+    latency: float  # seconds from capture to map
+
+
+class Publisher(Protocol):
+    def publish(self, frame: Frame, result: Result) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class FilePublisher:
+    """`NAME.png` (class ids, 8-bit, input size), `NAME_overlay.png`, optionally `NAME_map.npz`; atomic."""
+
+    def __init__(self, out_dir: Path, lut: np.ndarray, overlay: bool = True, npz: bool = False) -> None:
+        self.out_dir, self.lut, self.overlay, self.npz = Path(out_dir), lut, overlay, npz
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(result.mask))
+        if self.overlay:
+            rgb = overlay(result.gray, _fit(result.mask, result.gray.shape), self.lut)
+            write_bytes_atomic(self.out_dir / f"{frame.key}_overlay.png",
+                               encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+        if self.npz:
+            buf = io.BytesIO()
+            g = result.grid
+            np.savez_compressed(buf, mask=result.mask, confidence=result.confidence.astype(np.float16),
+                                grid_classes=g.classes, grid_fractions=g.fractions, grid_confidence=g.confidence,
+                                grid_cost=g.cost, cell=np.array(g.cell), origin=np.array(g.origin))
+            write_bytes_atomic(self.out_dir / f"{frame.key}_map.npz", buf.getvalue())
+
+    def close(self) -> None:
+        pass
+
+
+def _fit(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if mask.shape == shape[:2]:
+        return mask
+    return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+class VideoPublisher:
+    """Overlay video; opened on the first frame (its size), written to a temp name and renamed on close."""
+
+    def __init__(self, path: Path, lut: np.ndarray, fps: float = 10.0) -> None:
+        self.path, self.lut, self.fps = Path(path), lut, fps
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        rgb = overlay(result.gray, _fit(result.mask, result.gray.shape), self.lut)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if self.writer is None:
+            self.size = (bgr.shape[1], bgr.shape[0])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise RuntimeError(f"cannot open video writer for {self.path}")
+        if (bgr.shape[1], bgr.shape[0]) != self.size:
+            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_NEAREST)
+        self.writer.write(bgr)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.tmp.replace(self.path)
+
+
+def _json_float(x: float) -> float | str | None:
+    if math.isnan(x):
+        return None
+    return "inf" if math.isinf(x) else round(x, 3)
+
+
+class JsonLinesPublisher:
+    """One JSON object per frame on stdout: stats plus the terrain grid (classes and cost)."""
+
+    def __init__(self, stream: TextIO | None = None, class_names: tuple[str, ...] = ()) -> None:
+        self.stream = stream or sys.stdout
+        self.class_names = class_names
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        hist = np.bincount(result.mask.ravel(), minlength=len(self.class_names)) / result.mask.size
+        g = result.grid
+        rec = {
+            "type": "map", "key": frame.key, "index": frame.index, "timestamp": round(frame.timestamp, 3),
+            "latency_ms": round(result.latency * 1000, 2), "shape": list(result.mask.shape),
+            "class_fractions": {n: round(float(v), 4) for n, v in zip(self.class_names, hist, strict=False)},
+            "mean_confidence": round(float(result.confidence.mean()), 4),
+            "grid": {"cell": list(g.cell), "origin": list(g.origin), "rows": g.shape[0], "cols": g.shape[1],
+                     "classes": g.classes.tolist(), "cost": [[_json_float(float(c)) for c in r] for r in g.cost]},
+        }
+        self.stream.write(json.dumps(rec) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()

@@ -1,0 +1,194 @@
+"""Serial transport for the terrain-map protocol: a non-blocking publisher and a receiver.
+
+Transport (pyserial, any `serial_for_url` port: /dev/ttyUSB0, loop://, a pty) is kept apart from framing
+(`protocol`). The publisher runs in its own thread behind a one-slot, newest-wins mailbox, so a slow or
+dead link never blocks segmentation; a missing or vanished port is logged, counted and reopened with
+backoff. The link budget (baud / 10 bytes per second at 8N1, shared by `map_rate` maps per second) is
+enforced by coarsening the grid (cell size doubled until the map fits) or skipping the map, counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import serial
+from marsseg.edge import protocol as P
+from marsseg.edge.publishers import Result
+from marsseg.edge.sources import Frame
+from marsseg.edge.terrain import CostTable, TerrainGrid, terrain_grid
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SHARE = 0.1  # of the link kept free for heartbeats and jitter
+MAX_COARSENING = 5  # cell size doubled at most this many times to fit the budget
+
+
+def bytes_per_second(baud: int) -> float:
+    return baud / 10.0  # 8N1: start + 8 data + stop bits per byte
+
+
+def map_budget(baud: int, map_rate: float) -> int:
+    """Largest wire size of one map that sustains `map_rate` maps/s at `baud`."""
+    return int(bytes_per_second(baud) * (1 - HEARTBEAT_SHARE) / map_rate)
+
+
+def grid_message(grid: TerrainGrid, seq: int, frame: Frame, num_classes: int) -> P.GridMessage:
+    return P.GridMessage(
+        P.Header(P.TYPE_GRID, seq, int(frame.timestamp * 1e6), frame.index), grid.cell, grid.origin, num_classes,
+        grid.classes, np.clip(np.rint(grid.confidence * 255), 0, 255).astype(np.uint8), P.cost_to_byte(grid.cost))
+
+
+@dataclass
+class LinkStats:
+    maps_sent: int = 0
+    maps_skipped: int = 0  # replaced in the mailbox before sending, or over budget even when coarsened
+    maps_coarsened: int = 0
+    heartbeats: int = 0
+    bytes_sent: int = 0
+    write_errors: int = 0
+    reopens: int = 0
+
+
+class SerialPublisher:
+    """Publishes terrain grids (and heartbeats) on a serial port from its own thread."""
+
+    def __init__(self, port: str, baud: int, table: CostTable, num_classes: int, map_rate: float = 2.0,
+                 heartbeat_s: float = 1.0, write_timeout: float = 0.5, backoff: tuple[float, float] = (0.2, 5.0),
+                 status: Callable[[], dict] | None = None, model_id: bytes = b"") -> None:
+        self.port, self.baud, self.table, self.num_classes = port, baud, table, num_classes
+        self.budget = map_budget(baud, map_rate)
+        self.heartbeat_s, self.write_timeout, self.backoff = heartbeat_s, write_timeout, backoff
+        self.status, self.model_id = status, model_id
+        self.stats = LinkStats()
+        self._seq = 0
+        self._ser: serial.SerialBase | None = None
+        self._mail: P.GridMessage | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="serial-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        """Called from the frame loop: never blocks on the link."""
+        msg = self._fit(frame, result)
+        with self._cond:
+            if msg is None:
+                self.stats.maps_skipped += 1
+                return
+            if self._mail is not None:
+                self.stats.maps_skipped += 1
+            self._mail = msg
+            self._cond.notify()
+
+    def _fit(self, frame: Frame, result: Result) -> P.GridMessage | None:
+        grid = result.grid
+        for k in range(MAX_COARSENING + 1):
+            msg = grid_message(grid, 0, frame, self.num_classes)
+            if P.wire_size(len(msg.payload())) <= self.budget:
+                if k:
+                    self.stats.maps_coarsened += 1
+                return msg
+            cell = (grid.cell[0] * 2, grid.cell[1] * 2)
+            grid = terrain_grid(result.mask, result.confidence, cell, self.table)
+        log.warning("map of frame %s does not fit the %d-byte link budget even coarsened; skipped",
+                    frame.key, self.budget)
+        return None
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _heartbeat(self) -> P.HeartbeatMessage:
+        s = self.status() if self.status else {}
+        return P.HeartbeatMessage(
+            P.Header(P.TYPE_HEARTBEAT, 0, int(time.time() * 1e6), s.get("frames", 0)), float(s.get("fps", 0.0)),
+            s.get("frames", 0), s.get("dropped", 0), s.get("errors", 0), self.stats.maps_sent,
+            self.stats.maps_skipped, int(time.monotonic() - self._started), self.model_id)
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            if self._ser is None:
+                try:
+                    self._ser = serial.serial_for_url(self.port, self.baud, write_timeout=self.write_timeout,
+                                                      timeout=0, exclusive=None)
+                    log.info("serial port %s open at %d baud", self.port, self.baud)
+                    delay = self.backoff[0]
+                except (serial.SerialException, OSError, ValueError) as e:
+                    self.stats.reopens += 1
+                    log.warning("serial port %s unavailable (%s); retrying in %.1f s", self.port, e, delay)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.backoff[1])
+                    continue
+            with self._cond:
+                timeout = max(0.0, next_beat - time.monotonic())
+                self._cond.wait_for(lambda: self._mail is not None or self._stop.is_set(), timeout=timeout)
+                msg, self._mail = self._mail, None
+            if msg is None and time.monotonic() >= next_beat:
+                msg = self._heartbeat()
+                next_beat = time.monotonic() + self.heartbeat_s
+            if msg is not None:
+                self._send(msg)
+
+    def _send(self, msg: P.Message) -> None:
+        msg.header = P.Header(msg.header.type, self._next_seq(), msg.header.timestamp_us, msg.header.frame_id)
+        wire = P.encode(msg)
+        try:
+            self._ser.write(wire)
+        except (serial.SerialException, serial.SerialTimeoutException, OSError) as e:
+            self.stats.write_errors += 1
+            log.warning("serial write to %s failed (%s); reopening", self.port, e)
+            self._close_port()
+            return
+        self.stats.bytes_sent += len(wire)
+        if isinstance(msg, P.GridMessage):
+            self.stats.maps_sent += 1
+        else:
+            self.stats.heartbeats += 1
+
+    def _close_port(self) -> None:
+        if self._ser is not None:
+            try:
+                self._ser.close()
+            except (serial.SerialException, OSError):
+                pass
+            self._ser = None
+
+    def close(self, flush_timeout: float = 2.0) -> None:
+        """Send what is in the mailbox (bounded wait), then stop the thread and close the port."""
+        deadline = time.monotonic() + flush_timeout
+        while self._mail is not None and self._ser is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=flush_timeout)
+        self._close_port()
+
+
+class Receiver:
+    """Reads a serial port and yields decoded messages; the flight-computer side's reference."""
+
+    def __init__(self, port: str, baud: int, read_timeout: float = 0.2) -> None:
+        self.ser = serial.serial_for_url(port, baud, timeout=read_timeout)
+        self.decoder = P.StreamDecoder()
+
+    def messages(self, stop: threading.Event | None = None, idle_timeout: float | None = None) -> Iterator[P.Message]:
+        """Messages until `stop` is set or nothing arrived for `idle_timeout` seconds."""
+        last = time.monotonic()
+        while stop is None or not stop.is_set():
+            data = self.ser.read(max(1, self.ser.in_waiting or 1))
+            if data:
+                last = time.monotonic()
+                yield from self.decoder.feed(data)
+            elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                return
+
+    def close(self) -> None:
+        self.ser.close()

@@ -1,0 +1,231 @@
+"""Frame sources: camera, video file, image folder/glob, frames .npz, network stream or GStreamer pipeline.
+
+File sources yield every frame in order. Live sources (camera, URL, pipeline) are read by a capture
+thread that keeps only the newest frame, so latency never builds up; frames replaced before the runtime
+took them are counted as dropped. A live source that fails mid-run is reopened with backoff, counted and
+logged; only a source that cannot be opened at start is an error.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened at all; the message says what was tried."""
+
+
+@dataclass
+class Frame:
+    key: str  # output file stem: input file stem, or a zero-padded frame number
+    index: int
+    timestamp: float  # capture time, seconds since the epoch
+    image: np.ndarray | None  # None when the frame could not be read (counted, skipped)
+    error: str = ""
+    truth: np.ndarray | None = None  # ground-truth mask, when the source carries one (frames .npz)
+
+
+@dataclass
+class SourceStats:
+    captured: int = 0
+    dropped: int = 0  # live sources: frames replaced by a newer one before being processed
+    reconnects: int = 0
+    read_errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def to_gray(image: np.ndarray, scale: float = 1.0, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Any 8/16-bit gray, BGR or BGRA image -> uint8 gray at the model's ground scale.
+
+    Raises ValueError naming the problem for anything else (the runtime counts and skips such frames).
+    """
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        raise ValueError("empty or missing image")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported pixel type {image.dtype}, expected uint8 or uint16")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if image.ndim != 2:
+        raise ValueError(f"unsupported image shape {image.shape}, expected (H, W) or (H, W, 1|3|4)")
+    if size is not None:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    elif scale != 1.0:
+        h, w = image.shape
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return image
+
+
+class FileSource:
+    """Every frame of an image folder/glob, a video file or a frames .npz, in order."""
+
+    live = False
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.stats = SourceStats()
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            self._iter, kind = self._images(files), "folder"
+            if not files:
+                raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
+        elif any(ch in spec for ch in "*?["):
+            files = sorted(Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise SourceError(f"glob {spec!r} matches no images")
+            self._iter, kind = self._images(files), "glob"
+        elif p.suffix == ".npz":
+            self._iter, kind = self._npz(p), "frames file"
+        elif p.is_file():
+            self._iter, kind = self._video(p), "video"
+        else:
+            raise SourceError(f"source not found: {spec} (expected a folder, glob, video, .npz, URL or camera)")
+        log.info("source: %s %s", kind, spec)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self._iter
+
+    def _images(self, files: list[Path]) -> Iterator[Frame]:
+        for i, f in enumerate(files):
+            image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            self.stats.captured += 1
+            yield Frame(f.stem, i, time.time(), image, "" if image is not None else f"cannot decode {f.name}")
+
+    def _npz(self, path: Path) -> Iterator[Frame]:
+        try:
+            z = np.load(path, allow_pickle=False)
+            frames = z["frames"]
+        except (OSError, KeyError, ValueError) as e:
+            raise SourceError(f"{path}: not a frames .npz with a 'frames' array ({e})") from e
+        masks = z["masks"] if "masks" in z.files else None
+        names = z["names"].astype(str) if "names" in z.files else None
+        for i in range(len(frames)):
+            self.stats.captured += 1
+            key = names[i] if names is not None else f"{path.stem}-{i:05d}"
+            yield Frame(key, i, time.time(), frames[i], truth=None if masks is None else masks[i])
+
+    def _video(self, path: Path) -> Iterator[Frame]:
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise SourceError(f"cannot open video file {path} (unsupported codec or not a video)")
+        try:
+            i = 0
+            while True:
+                ok, image = cap.read()
+                if not ok:
+                    return
+                self.stats.captured += 1
+                yield Frame(f"{path.stem}-{i:06d}", i, time.time(), image)
+                i += 1
+        finally:
+            cap.release()
+
+
+class LiveSource:
+    """Camera / URL / pipeline read by a thread that keeps only the newest frame."""
+
+    live = True
+
+    def __init__(self, target: int | str, api: int = cv2.CAP_ANY, backoff: tuple[float, float] = (0.5, 10.0),
+                 open_timeout: float = 5.0) -> None:
+        self.target, self.api, self.backoff = target, api, backoff
+        self.stats = SourceStats()
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._stop = threading.Event()
+        self._cap = self._open()
+        if self._cap is None:
+            raise SourceError(f"cannot open camera/stream {target!r}: no such device or stream "
+                              "(check the index with `v4l2-ctl --list-devices`, the URL, or the pipeline)")
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def _open(self):
+        cap = cv2.VideoCapture(self.target, self.api)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _run(self) -> None:
+        index, delay = 0, self.backoff[0]
+        while not self._stop.is_set():
+            ok, image = (False, None) if self._cap is None else self._cap.read()
+            if not ok:
+                self.stats.read_errors += 1
+                log.warning("capture from %r failed; reopening in %.1f s", self.target, delay)
+                if self._cap is not None:
+                    self._cap.release()
+                if self._stop.wait(delay):
+                    break
+                self._cap = self._open()
+                self.stats.reconnects += 1
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            delay = self.backoff[0]
+            self.stats.captured += 1
+            with self._cond:
+                if self._latest is not None:
+                    self.stats.dropped += 1
+                self._latest = Frame(f"{index:08d}", index, time.time(), image)
+                self._cond.notify()
+            index += 1
+        if self._cap is not None:
+            self._cap.release()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: self._latest is not None or self._stop.is_set(), timeout=0.5)
+                frame, self._latest = self._latest, None
+            if frame is not None:
+                yield frame
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: only sets an event; iteration ends within half a second."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=2)
+
+
+def open_source(camera: str | None, source: str | None) -> FileSource | LiveSource:
+    """`--camera N|/dev/videoN` or `--source PATH|GLOB|URL|PIPELINE` -> a frame source."""
+    if camera is not None:
+        m = re.fullmatch(r"(?:/dev/video)?(\d+)", camera)
+        if not m:
+            raise SourceError(f"--camera expects an index or /dev/videoN, got {camera!r}")
+        if camera.startswith("/dev/") and not os.path.exists(camera):
+            raise SourceError(f"camera device {camera} does not exist (is the camera plugged in?)")
+        api = cv2.CAP_V4L2 if os.name == "posix" and os.path.exists("/dev") else cv2.CAP_ANY
+        return LiveSource(int(m.group(1)), api)
+    if source is None:
+        raise SourceError("no input: pass --camera N or --source PATH (folder, glob, video, .npz, URL, pipeline)")
+    if re.match(r"^(rtsp|rtmp|http|https|udp|tcp)://", source):
+        return LiveSource(source, cv2.CAP_FFMPEG)
+    if "!" in source:  # GStreamer pipeline string
+        return LiveSource(source, cv2.CAP_GSTREAMER)
+    return FileSource(source)

@@ -1,0 +1,70 @@
+"""Terrain grid: the frame cut into cells, each with its majority class, class fractions, confidence and cost.
+
+Cost per cell = the fraction-weighted mean of the class costs over the cell's known (non-background)
+pixels; a cell whose lethal-class fraction reaches `lethal_fraction` is lethal (inf); a cell that is
+mostly unknown (background fraction > `max_unknown`) has unknown cost (nan). Cell (0, 0) is the top-left
+corner of the frame (the origin), rows go down and columns right, in image pixels; edge cells may be partial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CostTable:
+    costs: tuple[float, ...]  # per class id; nan = unknown, inf = lethal
+    lethal_fraction: float = 0.05
+    max_unknown: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lethal_fraction <= 1 or not 0 <= self.max_unknown <= 1:
+            raise ValueError("lethal_fraction must be in (0, 1] and max_unknown in [0, 1]")
+
+
+@dataclass
+class TerrainGrid:
+    cell: tuple[int, int]  # (height, width) of a cell in pixels
+    origin: tuple[int, int]  # pixel (row, col) of cell (0, 0)'s top-left corner
+    classes: np.ndarray  # uint8 (rows, cols) majority class
+    fractions: np.ndarray  # float32 (rows, cols, C) share of each class
+    confidence: np.ndarray  # float32 (rows, cols) mean per-pixel confidence
+    cost: np.ndarray  # float32 (rows, cols); nan unknown, inf lethal
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.classes.shape
+
+
+def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int], table: CostTable) -> TerrainGrid:
+    h, w = mask.shape
+    ch, cw = cell
+    if ch < 1 or cw < 1:
+        raise ValueError(f"cell size must be positive, got {cell}")
+    rows, cols = math.ceil(h / ch), math.ceil(w / cw)
+    n = len(table.costs)
+    counts = np.zeros((rows, cols, n), np.float32)
+    area = np.zeros((rows, cols), np.float32)
+    conf = np.zeros((rows, cols), np.float32)
+    for r in range(rows):  # rows x cols x C bincounts; cheap for cell sizes worth publishing
+        for c in range(cols):
+            m = mask[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw]
+            counts[r, c] = np.bincount(m.ravel(), minlength=n)[:n]
+            area[r, c] = m.size
+            conf[r, c] = confidence[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw].mean()
+    fractions = counts / area[..., None]
+    costs = np.asarray(table.costs, np.float64)
+    known = ~np.isnan(costs)
+    finite = known & np.isfinite(costs)
+    known_frac = fractions[..., known].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cost = (fractions[..., finite] * costs[finite]).sum(-1) / fractions[..., finite].sum(-1)
+    lethal = fractions[..., np.isinf(costs)].sum(-1) >= table.lethal_fraction
+    unknown = (1 - known_frac) > table.max_unknown
+    cost = np.where(unknown, np.nan, cost)
+    cost = np.where(lethal, np.inf, cost)
+    return TerrainGrid((ch, cw), (0, 0), fractions.argmax(-1).astype(np.uint8), fractions, conf,
+                       cost.astype(np.float32))

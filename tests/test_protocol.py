@@ -1,0 +1,183 @@
+"""Round trips of every message type, COBS properties, and a fuzz suite for the stream decoder."""
+
+import random
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marsseg.edge import protocol as P
+
+headers = st.builds(P.Header, type=st.just(P.TYPE_GRID), seq=st.integers(0, 2**32 - 1),
+                    timestamp_us=st.integers(0, 2**64 - 1), frame_id=st.integers(0, 2**32 - 1))
+
+
+@st.composite
+def grid_messages(draw, seq=None):
+    rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    n = rows * cols
+    runny = draw(st.booleans())  # runs make RLE win; noise makes raw win
+    def plane(hi):
+        if runny:
+            return np.repeat(np.array(draw(st.lists(st.integers(0, hi), min_size=1, max_size=4)), np.uint8),
+                             -(-n // 1))[:n].reshape(rows, cols)
+        return np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)), np.uint8).reshape(rows, cols)
+    h = draw(headers)
+    if seq is not None:
+        h = P.Header(P.TYPE_GRID, seq, h.timestamp_us, h.frame_id)
+    return P.GridMessage(h, (draw(st.integers(1, 512)), draw(st.integers(1, 512))),
+                         (draw(st.integers(-100, 100)), draw(st.integers(-100, 100))), 5, plane(4), plane(255), plane(255))
+
+
+heartbeats = st.builds(
+    P.HeartbeatMessage,
+    header=headers.map(lambda h: P.Header(P.TYPE_HEARTBEAT, h.seq, h.timestamp_us, h.frame_id)),
+    fps=st.floats(0, 1000, width=32), frames=st.integers(0, 2**32 - 1), dropped=st.integers(0, 2**32 - 1),
+    errors=st.integers(0, 2**32 - 1), maps_sent=st.integers(0, 2**32 - 1), maps_skipped=st.integers(0, 2**32 - 1),
+    uptime_s=st.integers(0, 2**32 - 1), model_id=st.binary(min_size=8, max_size=8))
+
+
+def same(a, b):
+    assert type(a) is type(b) and a.header == b.header
+    if isinstance(a, P.GridMessage):
+        assert (a.cell, a.origin, a.num_classes) == (b.cell, b.origin, b.num_classes)
+        for x, y in ((a.classes, b.classes), (a.confidence, b.confidence), (a.cost, b.cost)):
+            np.testing.assert_array_equal(x, y)
+    else:
+        assert a == b
+
+
+@given(st.binary(max_size=2000))
+def test_cobs_round_trip_and_no_zero(data):
+    enc = P.cobs_encode(data)
+    assert b"\x00" not in enc
+    assert P.cobs_decode(enc) == data
+    assert len(enc) <= len(data) + len(data) // 254 + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(grid_messages(), heartbeats))
+def test_message_round_trip(msg):
+    wire = P.encode(msg)
+    assert wire.endswith(b"\x00") and b"\x00" not in wire[:-1]
+    assert len(wire) <= P.wire_size(len(msg.payload()))
+    dec = P.StreamDecoder()
+    (out,) = dec.feed(wire)
+    same(msg, out)
+
+
+def test_frame_is_checkable_with_zlib_alone():
+    msg = P.HeartbeatMessage(P.Header(P.TYPE_HEARTBEAT, 7, 123, 9), 10.0, 1, 2, 3, 4, 5, 6, b"abcdefgh")
+    frame = P.cobs_decode(P.encode(msg)[:-1])
+    assert zlib.crc32(frame[:-4]).to_bytes(4, "little") == frame[-4:]
+    assert frame[:2] == b"MS" and frame[2] == 1 and frame[3] == P.TYPE_HEARTBEAT
+
+
+def test_cost_bytes():
+    c = np.array([0.0, 1.0, 2.5, np.inf, np.nan, 100.0])
+    np.testing.assert_array_equal(P.cost_to_byte(c), [0, 10, 25, 254, 255, 253])
+    back = P.byte_to_cost(P.cost_to_byte(c))
+    assert np.isinf(back[3]) and np.isnan(back[4]) and back[2] == 2.5
+
+
+def test_oversized_payload_refused():
+    with pytest.raises(P.ProtocolError, match="exceeds"):
+        P.pack(P.Header(1, 0, 0, 0), bytes(P.MAX_PAYLOAD + 1))
+
+
+def _stream(n, seed=0):
+    rng = np.random.default_rng(seed)
+    msgs = []
+    for i in range(n):
+        rows, cols = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        msgs.append(P.GridMessage(P.Header(P.TYPE_GRID, i, i * 1000, i), (8, 8), (0, 0), 5,
+                                  rng.integers(0, 5, (rows, cols), dtype=np.uint8),
+                                  rng.integers(0, 256, (rows, cols), dtype=np.uint8),
+                                  rng.integers(0, 256, (rows, cols), dtype=np.uint8)))
+    return msgs
+
+
+def _decode_all(data: bytes, chunk: int = 7):
+    dec = P.StreamDecoder()
+    out = []
+    for i in range(0, len(data), chunk):
+        out += dec.feed(data[i : i + chunk])
+    return dec, out
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_fuzz_corruption_never_raises_never_accepts_bad_frames(seed):
+    rnd = random.Random(seed)
+    msgs = _stream(30, seed)
+    wires = [P.encode(m) for m in msgs]
+    corrupted = set()
+    data = bytearray()
+    for i, w in enumerate(wires):
+        w = bytearray(w)
+        kind = rnd.choice(["ok", "ok", "flip", "insert", "delete", "truncate", "noise"])
+        if kind == "flip":
+            pos = rnd.randrange(len(w) - 1)
+            w[pos] ^= 1 << rnd.randrange(8)
+        elif kind == "insert":
+            w.insert(rnd.randrange(len(w) - 1), rnd.randrange(1, 256))
+        elif kind == "delete":
+            del w[rnd.randrange(len(w) - 1)]
+        elif kind == "truncate":
+            w = w[: rnd.randrange(1, len(w) - 1)]  # delimiter lost: the next frame is swallowed too
+        elif kind == "noise":  # garbage with no delimiter after it merges into (and spoils) this frame
+            data += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 300)))
+        if kind != "ok":
+            corrupted.add(i)
+        if kind == "truncate":
+            corrupted.add(i + 1)
+        data += w
+    dec, out = _decode_all(bytes(data), chunk=rnd.randrange(1, 64))
+    good = {m.header.seq: m for m in msgs}
+    for m in out:
+        same(good[m.header.seq], m)  # anything accepted is exactly what was sent
+    got = {m.header.seq for m in out}
+    # every frame sent intact after an intact delimiter arrives: the decoder resynchronises every time
+    assert {i for i in range(30) if i not in corrupted} <= got
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_random_noise_never_raises_and_resyncs(noise):
+    msg = _stream(1)[0]
+    dec = P.StreamDecoder()
+    dec.feed(noise)
+    out = dec.feed(b"\x00" + P.encode(msg))
+    assert len(out) == 1
+    same(msg, out[0])
+
+
+def test_bounded_memory_under_endless_garbage():
+    dec = P.StreamDecoder()
+    rng = np.random.default_rng(1)
+    for _ in range(200):  # 200 x 64 kB of non-zero garbage, no delimiter
+        dec.feed(rng.integers(1, 256, 65536, dtype=np.uint8).tobytes())
+        assert len(dec._buf) <= P.MAX_WIRE
+    assert dec.stats.resyncs > 0
+    msg = _stream(1)[0]
+    assert len(dec.feed(b"\x00" + P.encode(msg))) == 1
+
+
+def test_counters_gaps_duplicates_crc():
+    msgs = _stream(6)
+    wires = [P.encode(m) for m in msgs]
+    bad = bytearray(wires[3])
+    bad[5] ^= 0xFF
+    data = wires[0] + wires[1] + wires[1] + bytes(bad) + wires[4] + wires[5]
+    dec, out = _decode_all(data)
+    assert [m.header.seq for m in out] == [0, 1, 4, 5]
+    assert dec.stats.duplicates == 1
+    assert dec.stats.crc_errors == 1
+    assert dec.stats.seq_gaps == 2  # 2 and 3 never arrived intact
+
+
+def test_concatenated_frames_in_one_read():
+    msgs = _stream(50)
+    dec = P.StreamDecoder()
+    out = dec.feed(b"".join(P.encode(m) for m in msgs))
+    assert [m.header.seq for m in out] == list(range(50))

@@ -1,0 +1,100 @@
+"""Property-based tests of tile geometry and merging over arbitrary frame/tile sizes and overlaps."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marsseg.edge.tiling import Merger, TileGrid, axis_starts, blend_window
+
+
+@st.composite
+def grids(draw):
+    th = draw(st.integers(1, 40))
+    tw = draw(st.integers(1, 40))
+    h = draw(st.integers(1, 150))  # includes frames smaller than a tile and odd sizes
+    w = draw(st.integers(1, 150))
+    oy = draw(st.integers(0, th - 1))
+    ox = draw(st.integers(0, tw - 1))
+    return TileGrid((h, w), (th, tw), (oy, ox))
+
+
+@settings(max_examples=200, deadline=None)
+@given(grids())
+def test_every_pixel_covered_and_tiles_inside(grid):
+    hp, wp = grid.padded_shape
+    th, tw = grid.tile_shape
+    covered = np.zeros((hp, wp), bool)
+    for y, x in grid.boxes:
+        assert y >= 0 and y + th <= hp and x >= 0 and x + tw <= wp
+        covered[y : y + th, x : x + tw] = True
+    assert covered.all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(grids())
+def test_requested_overlap_is_respected(grid):
+    for axis in (0, 1):
+        starts = sorted({b[axis] for b in grid.boxes})
+        steps = np.diff(starts)
+        assert (steps <= grid.tile_shape[axis] - grid.overlap[axis]).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids(), st.integers(0, 2**31 - 1))
+def test_identity_model_reassembles_input_exactly(grid, seed):
+    frame = np.random.default_rng(seed).integers(0, 256, grid.frame_shape, dtype=np.uint8)
+    tiles = grid.extract(frame).astype(np.float32)[..., None]  # identity "model": prediction = input
+    out = Merger(grid, 1).merge(tiles)
+    assert out.shape == (*grid.frame_shape, 1)
+    np.testing.assert_allclose(out[..., 0], frame, atol=1e-3)
+    np.testing.assert_array_equal(np.rint(out[..., 0]).astype(np.uint8), frame)
+
+
+@settings(max_examples=100, deadline=None)
+@given(grids(), st.integers(0, 2**31 - 1))
+def test_reassembly_independent_of_tile_order(grid, seed):
+    rng = np.random.default_rng(seed)
+    tiles = rng.random((len(grid), *grid.tile_shape, 3), dtype=np.float32)
+    a = Merger(grid, 3).merge(tiles).copy()
+    m = Merger(grid, 3)
+    m.reset()
+    for i in rng.permutation(len(grid)):
+        m.add(int(i), tiles[i])
+    np.testing.assert_allclose(m.result(), a, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(grids(), st.floats(-5, 5, allow_nan=False))
+def test_constant_prediction_reassembles_to_constant(grid, value):
+    tiles = np.full((len(grid), *grid.tile_shape, 2), value, np.float32)
+    out = Merger(grid, 2).merge(tiles)
+    np.testing.assert_allclose(out, value, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(grids())
+def test_blend_weights_positive_everywhere(grid):
+    assert (blend_window(grid.tile_shape) > 0).all()
+    assert (Merger(grid, 1).weights > 0).all()
+
+
+def test_buffers_are_reused_across_frames():
+    grid = TileGrid((100, 300), (64, 128), (16, 32))
+    m = Merger(grid, 5)
+    a = m.merge(np.ones((len(grid), 64, 128, 5), np.float32))
+    b = m.merge(np.zeros((len(grid), 64, 128, 5), np.float32))
+    assert np.shares_memory(a, b) and (b == 0).all()
+
+
+def test_small_frame_is_reflect_padded_and_cropped_back():
+    grid = TileGrid((10, 20), (64, 128))
+    frame = np.arange(200, dtype=np.uint8).reshape(10, 20)
+    (tile,) = grid.extract(frame)
+    assert tile.shape == (64, 128)
+    np.testing.assert_array_equal(tile[:10, :20], frame)
+    np.testing.assert_array_equal(tile[10:20, :20], frame[::-1])  # symmetric reflection
+
+
+def test_axis_starts_examples():
+    assert axis_starts(128, 64, 0) == (0, 64)
+    assert axis_starts(64, 64, 0) == (0,)
+    assert axis_starts(480, 64, 16) == tuple(round(i * 416 / 9) for i in range(10))
