@@ -36,7 +36,8 @@ def interpreter_class() -> tuple[type, str]:
 
         return Interpreter, "tflite-runtime"
     except ImportError as e:
-        raise ModelError("no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime on legacy boards)") from e
+        raise ModelError(
+            "no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime on legacy boards)") from e
 
 
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, delegates: bool = True) -> Any:

@@ -166,7 +166,8 @@ class Runtime:
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
             "stage_ms_mean": {k: round(v / n * 1000, 3) for k, v in st.stage_totals.items()},
             "outside_invoke_share": round(1 - inside / processing, 4) if processing else None,
-            "class_histogram": {c: round(int(k) / total, 4) for c, k in zip(class_names, st.class_counts, strict=False)},
+            "class_histogram": {c: round(int(k) / total, 4)
+                                for c, k in zip(class_names, st.class_counts, strict=False)},
         }
         if st.confusion is not None:
             s = scores(st.confusion, class_names)

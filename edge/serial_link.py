@@ -9,6 +9,7 @@ enforced by coarsening the grid (cell size doubled until the map fits) or skippi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -154,10 +155,8 @@ class SerialPublisher:
 
     def _close_port(self) -> None:
         if self._ser is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 self._ser.close()
-            except (serial.SerialException, OSError):
-                pass
             self._ser = None
 
     def close(self, flush_timeout: float = 2.0) -> None:

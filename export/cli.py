@@ -93,7 +93,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
     timings, paths = {}, {}
     for kind, calib in (("float32", None), ("int8", tiles)):
         t0 = time.perf_counter()
-        log.info("converting to %s TFLite%s", kind, f" with {len(tiles)} calibration tiles" if calib is not None else "")
+        log.info("converting to %s TFLite%s", kind, "" if calib is None else f" with {len(tiles)} calibration tiles")
         content = C.convert(model, calib)
         timings[kind] = round(time.perf_counter() - t0, 1)
         final = out_dir / f"model_{kind}.tflite"

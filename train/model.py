@@ -65,7 +65,8 @@ def dual_unet(cfg: TrainConfig) -> keras.Model:
     Compute is put at low resolution: the detail branch is narrow at full resolution; the context branch
     starts after a cheap conv + max-pool stem at 1/4 scale, is wider, and ends in two bottleneck blocks at
     1/16 scale whose receptive field covers the whole tile. No dilated convs: with a dynamic batch the
-    converter lowers them to SPACE_TO_BATCH/BATCH_TO_SPACE pairs, which embedded delegates handle badly. Branch outputs meet at full resolution, then 1x1 + softmax.
+    converter lowers them to SPACE_TO_BATCH/BATCH_TO_SPACE pairs, which embedded delegates handle badly.
+    Branch outputs meet at full resolution, then 1x1 conv + softmax.
     """
     h, w = TILE_SHAPE
     inp = keras.Input((h, w, 1), name="image")
