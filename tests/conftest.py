@@ -38,3 +38,17 @@ def frames_file(tmp_path: Path) -> Path:
     path = tmp_path / "frames.npz"
     np.savez_compressed(path, frames=frames, masks=masks, names=np.array([f"f{i:03d}" for i in range(len(frames))]))
     return path
+
+
+FIXTURES = REPO / "tests" / "fixtures"
+TINY_MODEL = FIXTURES / "tiny_int8.tflite"
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A private copy of the tiny int8 model + metadata (tests may tamper with it)."""
+    import shutil
+
+    for suffix in (".tflite", ".json"):
+        shutil.copy(TINY_MODEL.with_suffix(suffix), tmp_path / f"tiny_int8{suffix}")
+    return tmp_path / "tiny_int8.tflite"

@@ -1,0 +1,171 @@
+"""End-to-end runs of the real `marsseg-edge` console script, and its fault cases."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_MODEL, synthetic_frames
+
+EDGE = shutil.which("marsseg-edge") or str(Path(sys.executable).parent / "marsseg-edge")
+
+
+def run_edge(*args, timeout=120, **kw):
+    return subprocess.run([EDGE, "--model", str(TINY_MODEL), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+@pytest.fixture
+def frame_folder(tmp_path):
+    frames, _ = synthetic_frames(n=4)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(d / f"shot_{i}.png"), f)
+    cv2.imwrite(str(d / "colour_wide.jpg"), cv2.cvtColor(cv2.resize(frames[0], (300, 90)), cv2.COLOR_GRAY2BGR))
+    return d
+
+
+def test_folder_to_masks_overlays_grids(frame_folder, tmp_path):
+    out = tmp_path / "out"
+    summary = tmp_path / "summary.json"
+    r = run_edge(frame_folder, out, "--npz", "--summary-json", summary)
+    assert r.returncode == 0, r.stderr
+    for stem, shape in [(f"shot_{i}", (128, 128)) for i in range(4)] + [("colour_wide", (90, 300))]:
+        mask = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.dtype == np.uint8 and mask.shape == shape and mask.max() <= 4  # class ids, input size
+        assert cv2.imread(str(out / f"{stem}_overlay.png")).shape == (*shape, 3)
+        with np.load(out / f"{stem}_map.npz") as z:
+            assert z["grid_classes"].shape == (-(-shape[0] // 16), -(-shape[1] // 16))
+            np.testing.assert_array_equal(z["mask"], mask)
+    s = json.loads(summary.read_text())
+    assert s["frames"] == 5 and s["bad_frames"] == 0
+    assert set(s["stage_ms_mean"]) == {"capture", "preprocess", "tile", "invoke", "merge", "map", "publish"}
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_video_source_and_overlay_video(tmp_path):
+    frames, _ = synthetic_frames(n=6)
+    video = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
+    for f in frames:
+        w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    w.release()
+    r = run_edge("--source", video, "--output", tmp_path / "out", "--video", tmp_path / "overlay.mp4",
+                 "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "out").glob("clip-*_overlay.png"))) == 6
+    cap = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+
+
+def test_npz_source_reports_iou_and_jsonl(tmp_path):
+    frames, masks = synthetic_frames(n=3)
+    clip = tmp_path / "clip.npz"
+    np.savez(clip, frames=frames, masks=masks, names=np.array(["a", "b", "c"]))
+    r = run_edge("--source", clip, "--jsonl", "--summary-json", tmp_path / "s.json", "--cell", "32")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["key"] for x in lines] == ["a", "b", "c"]
+    assert lines[0]["grid"]["rows"] == 4 and len(lines[0]["grid"]["cost"][0]) == 4
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert 0 <= s["mean_iou"] <= 1 and set(s["per_class_iou"]) == {"soil", "bedrock", "sand", "big_rock"}
+
+
+def test_unreadable_frame_is_skipped_and_counted(frame_folder, tmp_path):
+    (frame_folder / "zz_broken.png").write_bytes(b"not a png")
+    r = run_edge(frame_folder, tmp_path / "out", "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 5 and s["bad_frames"] == 1
+    assert "skipping frame zz_broken" in r.stderr
+
+
+def test_missing_model(tmp_path, frame_folder):
+    r = subprocess.run([EDGE, str(frame_folder), "--model", str(tmp_path / "none.tflite")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert "model file not found" in r.stderr and r.stderr.count("\n") == 1  # one clear line
+
+
+def test_corrupt_model(tmp_path, frame_folder):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(os.urandom(2000))
+    r = subprocess.run([EDGE, str(frame_folder), "--model", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a loadable TFLite model" in r.stderr
+
+
+def test_no_camera_fails_cleanly():
+    r = run_edge("--camera", "57", timeout=60)
+    assert r.returncode == 2
+    assert "cannot open camera/stream 57" in r.stderr or "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--overlap", "1.5", "--source", "x"], "--overlap"),
+    (["--camera", "0", "--source", "x"], "either --camera or --source"),
+    ([], "no input"),
+    (["--source", "x", "--resize", "big"], "WxH"),
+])
+def test_bad_arguments_exit_2(args, message):
+    r = run_edge(*args, timeout=60)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_toml_config(tmp_path, frame_folder):
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'source = "{frame_folder}"\noutput = "{tmp_path / "out"}"\ncell = 8\n'
+                   '[costs]\nsand = 9.0\n')
+    r = run_edge("--config", cfg)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "shot_0.png").is_file()
+    cfg.write_text("bogus = 1\n")
+    r = run_edge("--config", cfg, "--source", frame_folder)
+    assert r.returncode == 2 and "unknown keys ['bogus']" in r.stderr
+
+
+def test_truncated_video_ends_cleanly(tmp_path):
+    frames, _ = synthetic_frames(n=20)
+    video = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
+    for f in frames:
+        w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    w.release()
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) * 2 // 3])  # the source dies mid-stream
+    r = run_edge("--source", video, "--output", tmp_path / "out", "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert 0 < s["frames"] < 20
+
+
+def test_sigterm_finishes_frame_flushes_and_exits_0(tmp_path):
+    frames, _ = synthetic_frames(n=4)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(400):
+        cv2.imwrite(str(big / f"f{i:04d}.png"), frames[i % 4])
+    p = subprocess.Popen([EDGE, "--model", str(TINY_MODEL), str(big), str(tmp_path / "out"), "--summary-json",
+                          str(tmp_path / "s.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "out" / "f0002.png").exists():
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "SIGTERM" in err
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert 3 <= s["frames"] < 400
+    written = sorted((tmp_path / "out").glob("f*_overlay.png"))
+    assert len(written) == s["frames"]  # every processed frame fully published, nothing half-written
+    assert not list((tmp_path / "out").glob(".*"))

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+from marsseg.edge.terrain import CostTable, terrain_grid
+
+TABLE = CostTable((float("nan"), 1.0, 2.0, 5.0, float("inf")), lethal_fraction=0.05, max_unknown=0.5)
+
+
+def test_majority_fractions_and_costs():
+    mask = np.zeros((4, 6), np.uint8)
+    mask[:2, :2] = 1  # soil cell
+    mask[:2, 2:4] = [[2, 2], [2, 3]]  # bedrock 3/4, sand 1/4
+    mask[:2, 4:6] = [[1, 1], [1, 4]]  # one big-rock pixel: lethal
+    conf = np.full(mask.shape, 0.5, np.float32)
+    g = terrain_grid(mask, conf, (2, 2), TABLE)
+    assert g.shape == (2, 3) and g.cell == (2, 2) and g.origin == (0, 0)
+    np.testing.assert_array_equal(g.classes, [[1, 2, 1], [0, 0, 0]])
+    assert g.cost[0, 0] == 1.0
+    assert g.cost[0, 1] == pytest.approx(0.75 * 2 + 0.25 * 5)
+    assert np.isinf(g.cost[0, 2])
+    assert np.isnan(g.cost[1]).all()  # all background: unknown
+    np.testing.assert_allclose(g.fractions.sum(-1), 1.0)
+    np.testing.assert_allclose(g.confidence, 0.5)
+
+
+def test_partial_edge_cells():
+    mask = np.ones((5, 7), np.uint8)
+    g = terrain_grid(mask, np.ones(mask.shape, np.float32), (4, 4), TABLE)
+    assert g.shape == (2, 2)
+    assert (g.cost == 1.0).all()
+
+
+def test_bad_cell():
+    with pytest.raises(ValueError, match="cell size"):
+        terrain_grid(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32), (0, 2), TABLE)
