@@ -142,9 +142,9 @@ class SerialPublisher:
         wire = P.encode(msg)
         try:
             self._ser.write(wire)
-        except (serial.SerialException, serial.SerialTimeoutException, OSError) as e:
+        except Exception as e:
             self.stats.write_errors += 1
-            log.warning("serial write to %s failed (%s); reopening", self.port, e)
+            log.warning("serial write to %s failed (%s: %s); reopening", self.port, type(e).__name__, e)
             self._close_port()
             return
         self.stats.bytes_sent += len(wire)
