@@ -1,5 +1,6 @@
 """Publisher -> receiver over real pseudo-terminals and pyserial's loop://; no sleeps as synchronisation."""
 
+import contextlib
 import os
 import threading
 import time
@@ -36,10 +37,8 @@ def pty_pair():
     name = os.ttyname(slave)
     yield master, name, slave
     for fd in (master, slave):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def collect(rx: Receiver, want, timeout=20.0):
