@@ -23,9 +23,8 @@ TINY = ["--set", "fine_widths=[4,8,8]", "--set", "bottleneck=8", "--set", "coars
         "--set", "coarse_bottleneck=8", "--set", "se_ratio=1"]
 
 
-def train_and_export(work: Path, epochs: int = 4, calibration: np.ndarray | None = None) -> tuple[int, Path]:
-    """Tiny run + export in `work`; returns (export exit code, export folder)."""
-    from marsseg.export.cli import main as export_main
+def train_tiny(work: Path, epochs: int = 4) -> Path:
+    """A tiny run in `work/tiny` on synthetic frames (written to `work/frames.npz`); returns its model."""
     from marsseg.train.cli import main as train_main
 
     frames, masks = synthetic_frames(n=48)
@@ -34,18 +33,26 @@ def train_and_export(work: Path, epochs: int = 4, calibration: np.ndarray | None
     if train_main(["--data", str(data), "--epochs", str(epochs), "--batch-size", "8", "--out-dir", str(work),
                    "--run-name", "tiny", *TINY]) != 0:
         raise RuntimeError("tiny training failed")
-    calib = work / "calib.npz"
-    np.savez_compressed(calib, tiles=frames[:, :64] if calibration is None else calibration)
-    out = work / "tiny" / "export"
-    rc = export_main(["--model", str(work / "tiny" / "model.keras"), "--calibration", str(calib),
-                      "--output", str(out)])
-    return rc, out
+    return work / "tiny" / "model.keras"
+
+
+def export_tiny(model: Path, out: Path, calibration: np.ndarray | None = None) -> int:
+    """Export through the real CLI; calibration defaults to the synthetic frames' top tiles."""
+    from marsseg.export.cli import main as export_main
+
+    if calibration is None:
+        calibration = synthetic_frames(n=48)[0][:, :64]
+    calib = out.parent / f"{out.name}-calibration.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(calib, tiles=calibration)
+    return export_main(["--model", str(model), "--calibration", str(calib), "--output", str(out)])
 
 
 def main() -> int:
     dest = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
     with tempfile.TemporaryDirectory() as tmp:
-        rc, out = train_and_export(Path(tmp))
+        out = Path(tmp) / "export"
+        rc = export_tiny(train_tiny(Path(tmp)), out)
         if rc != 0:
             return rc
         shutil.copy(out / "model_int8.tflite", dest / "tiny_int8.tflite")

@@ -1,0 +1,125 @@
+"""`marsseg-eval`: frame-level accuracy of the edge pipeline (tiling, int8 interpreter, blending).
+
+Runs the exact runtime path over a frames file (`frames`, `masks`, optional `names`) and reports mean IoU
+(background-truth pixels ignored, classes 1..4), per-class IoU and the confusion matrix, for each overlap
+asked. Overlap 0 on 128x128 frames is plain tile-level inference (two 64x128 tiles per frame, no
+blending); larger overlaps blend overlapping tiles.
+
+Examples:
+  marsseg-eval ../shared/data/ai4mars-frames-128.npz --names runs/default/split.json --output out/eval
+  marsseg-eval clip.npz --model model_int8.tflite --overlap 0 0.25 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from marsseg.edge.interpreter import ModelError
+from marsseg.edge.io import write_bytes_atomic, write_text_atomic
+from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.edge.model import TileModel
+from marsseg.edge.pipeline import Segmenter
+
+log = logging.getLogger("marsseg.eval")
+
+
+def load_frames(path: Path, names_file: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            frames, masks = z["frames"], z["masks"]
+            names = z["names"].astype(str) if "names" in z.files else np.arange(len(frames)).astype(str)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: expected an .npz with 'frames' and 'masks' ({e})") from e
+    if frames.shape != masks.shape or frames.ndim != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames {frames.dtype} {frames.shape} and masks {masks.shape} must be uint8 "
+                         "(N, H, W) of equal shape")
+    if names_file is not None:
+        d = json.loads(names_file.read_text())
+        wanted = set(d["val_names"] if isinstance(d, dict) else d)
+        keep = np.array([n in wanted for n in names])
+        if not keep.any():
+            raise ValueError(f"none of the names in {names_file} are in {path}")
+        frames, masks, names = frames[keep], masks[keep], names[keep]
+    return frames, masks, names
+
+
+def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
+    """Row-normalised confusion matrix drawn with OpenCV (the edge install has no matplotlib)."""
+    n, cell, left, top = len(names), 70, 110, 60
+    img = np.full((top + n * cell + 40, left + n * cell + 10, 3), 255, np.uint8)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, title, (10, 25), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i in range(n):
+        cv2.putText(img, names[i][:10], (5, top + i * cell + cell // 2 + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, names[i][:8], (left + i * cell + 4, top + n * cell + 20), font, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        for j in range(n):
+            v = float(norm[i, j])
+            shade = int(255 - 200 * v)
+            x0, y0 = left + j * cell, top + i * cell
+            cv2.rectangle(img, (x0, y0), (x0 + cell - 2, y0 + cell - 2), (255, shade, shade), -1)
+            cv2.putText(img, f"{v:.2f}", (x0 + 14, y0 + cell // 2 + 5), font, 0.45,
+                        (255, 255, 255) if v > 0.6 else (0, 0, 0), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".png", img)
+    return buf.tobytes()
+
+
+def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float) -> dict:
+    seg = Segmenter(model, overlap)
+    n = model.meta.num_classes
+    cm = np.zeros((n, n), np.int64)
+    t0 = time.perf_counter()
+    for i in range(len(frames)):
+        cm += confusion_matrix(masks[i], seg(frames[i]).mask, n)
+        if i % 200 == 0:
+            log.info("overlap %.2f: %d/%d frames", overlap, i, len(frames))
+    s = scores(cm, model.meta.class_names)
+    return {"overlap": overlap, **s.as_dict(), "confusion_matrix": cm.tolist(),
+            "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="marsseg-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help=".npz with frames and masks")
+    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
+    p.add_argument("--names", type=Path, help="JSON list of frame names, or a run's split.json (its val_names)")
+    p.add_argument("--overlap", type=float, nargs="+", default=[0.0, 0.25, 0.5])
+    p.add_argument("--output", type=Path, help="folder for eval.json and confusion PNGs")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from marsseg.edge.cli import bundled
+
+    try:
+        model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
+        frames, masks, _ = load_frames(a.data, a.names)
+        results = [evaluate(model, frames, masks, o) for o in a.overlap]
+    except (ModelError, ValueError, OSError) as e:
+        print(f"marsseg-eval: error: {e}", file=sys.stderr)
+        return 2
+    report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "data": str(a.data),
+              "frames": len(frames), "results": results}
+    for r in results:
+        print(f"overlap {r['overlap']:.2f}: mean IoU {r['mean_iou']:.4f} | " +
+              " ".join(f"{k} {v:.3f}" for k, v in r["per_class_iou"].items()) +
+              f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame")
+    if a.output:
+        write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
+        for r in results:
+            write_bytes_atomic(a.output / f"confusion_overlap{r['overlap']:.2f}.png",
+                               confusion_png(np.array(r["confusion_matrix"]), model.meta.class_names,
+                                             f"overlap {r['overlap']:.2f}: mIoU {r['mean_iou']:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

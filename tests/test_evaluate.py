@@ -1,0 +1,32 @@
+import json
+
+import numpy as np
+from marsseg.edge.evaluate import main
+
+from tests.conftest import TINY_MODEL, synthetic_frames
+
+
+def test_eval_reports_tile_and_frame_level(tmp_path, capsys):
+    frames, masks = synthetic_frames(n=6)
+    data = tmp_path / "clip.npz"
+    np.savez(data, frames=frames, masks=masks, names=np.array([f"n{i}" for i in range(6)]))
+    names = tmp_path / "split.json"
+    names.write_text(json.dumps({"val_names": ["n1", "n2", "n5"]}))
+    rc = main([str(data), "--model", str(TINY_MODEL), "--names", str(names), "--overlap", "0", "0.5",
+               "--output", str(tmp_path / "ev")])
+    assert rc == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["frames"] == 3 and [r["overlap"] for r in report["results"]] == [0.0, 0.5]
+    for r in report["results"]:
+        cm = np.array(r["confusion_matrix"])
+        assert cm.sum() == 3 * 128 * 128
+        assert 0 <= r["mean_iou"] <= 1
+    assert (tmp_path / "ev" / "confusion_overlap0.50.png").stat().st_size > 1000
+    assert "overlap 0.00: mean IoU" in capsys.readouterr().out
+
+
+def test_eval_bad_file(tmp_path, capsys):
+    bad = tmp_path / "x.npz"
+    np.savez(bad, images=np.zeros(3))
+    assert main([str(bad), "--model", str(TINY_MODEL)]) == 2
+    assert "expected an .npz with 'frames' and 'masks'" in capsys.readouterr().err

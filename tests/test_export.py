@@ -1,0 +1,81 @@
+"""Export of a tiny trained model end to end through the real CLIs, the accuracy gate, and error cases."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from marsseg.edge import interpreter as it
+from marsseg.edge.metadata import load_metadata
+from marsseg.export.cli import main as export_main
+
+from tools.make_test_model import export_tiny, train_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("run"))
+
+
+@pytest.mark.slow
+def test_export_writes_int8_model_metadata_and_report(tiny_run):
+    out = tiny_run.parent / "export-ok"
+    assert export_tiny(tiny_run, out) == 0
+    model = out / "model_int8.tflite"
+    interp = it.make_interpreter(model)
+    assert it.input_info(interp).dtype == np.int8 and it.output_info(interp).dtype == np.int8
+    meta = load_metadata(out / "model_int8.json")
+    assert tuple(meta.tile_shape) == (64, 128)
+    assert meta.class_names == ("background", "soil", "bedrock", "sand", "big_rock")
+    assert meta.input_quant.dtype == "int8" and meta.output_quant.zero_point == -128
+    assert meta.run_id == "tiny" and "mean_iou" in meta.train_metrics
+    assert meta.model_sha256 == load_metadata(out / "model_int8.json").model_sha256
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["passed"] and report["op_report"]["problems"] == []
+    assert "CONV_2D" in report["op_report"]["ops"] and "DELEGATE" not in report["op_report"]["ops"]
+    names = [r["name"] for r in report["results"]]
+    assert names == ["keras_float32", "tflite_float32", "tflite_int8"]
+    assert report["results"][1]["argmax_agreement"] > 0.99  # float TFLite == Keras
+    assert (out / "model_float32.tflite").is_file() and (out / "export_iou.png").is_file()
+    assert not (out / "model_int8.candidate.tflite").exists()
+
+
+@pytest.mark.slow
+def test_gate_fails_on_broken_calibration(tiny_run, capsys):
+    out = tiny_run.parent / "export-broken"
+    rc = export_tiny(tiny_run, out, calibration=np.zeros((16, 64, 128), np.uint8))  # all-black calibration
+    assert rc == 1
+    report = json.loads((out / "export_report.json").read_text())
+    assert not report["passed"]
+    assert report["int8_drop_points"] > report["budget_points"]  # measured: ~45 points lost
+    assert not (out / "model_int8.tflite").exists()  # the rejected model is never published
+    assert (out / "model_int8.candidate.tflite").exists()
+
+
+def test_missing_model(tmp_path, capsys):
+    assert export_main(["--model", str(tmp_path / "none.keras")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_corrupt_model(tmp_path, capsys):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    assert export_main(["--model", str(bad)]) == 2
+    assert "not a loadable .keras model" in capsys.readouterr().err
+
+
+def test_wrong_input_shape(tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((32, 32, 1))
+    m = keras.Model(inp, keras.layers.Conv2D(5, 1, activation="softmax")(inp))
+    m.save(tmp_path / "m.keras")
+    assert export_main(["--model", str(tmp_path / "m.keras")]) == 2
+    assert "expected (None, 64, 128, 1)" in capsys.readouterr().err
+
+
+def test_no_runs(tmp_path, capsys):
+    assert export_main(["--runs", str(tmp_path)]) == 2
+    assert "no trained model" in capsys.readouterr().err

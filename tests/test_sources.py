@@ -1,0 +1,103 @@
+"""Frame sources: conversion to gray, live capture (newest wins, reconnect) and the watchdog."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from marsseg.edge import sources as S
+
+from tests.conftest import REPO, TINY_MODEL
+
+
+def test_to_gray_variants():
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 2] = 255  # red
+    assert S.to_gray(bgr).shape == (4, 6) and S.to_gray(bgr)[0, 0] == 76
+    assert S.to_gray(np.full((4, 6, 4), 10, np.uint8)).shape == (4, 6)
+    assert S.to_gray(np.full((4, 6), 65535, np.uint16))[0, 0] == 255
+    assert S.to_gray(np.zeros((100, 200), np.uint8), scale=0.5).shape == (50, 100)
+    assert S.to_gray(np.zeros((100, 200), np.uint8), size=(64, 32)).shape == (32, 64)
+    for bad, msg in [(np.zeros((4, 6), np.float32), "pixel type"), (np.zeros((4, 6, 2), np.uint8), "shape"),
+                     (np.zeros((0,), np.uint8), "empty")]:
+        with pytest.raises(ValueError, match=msg):
+            S.to_gray(bad)
+
+
+class FakeCapture:
+    """A camera that delivers frames, loses the device after a few, refuses one reopen, then comes back."""
+
+    opens = 0
+    lock = threading.Lock()
+
+    def __init__(self, target, api=None):
+        with FakeCapture.lock:
+            FakeCapture.opens += 1
+            self.n = FakeCapture.opens
+        self.reads = 0
+
+    def isOpened(self):
+        return self.n != 2  # the first reopen after the loss fails
+
+    def read(self):
+        self.reads += 1
+        if self.n == 1 and self.reads > 5:
+            return False, None  # unplugged
+        return True, np.full((64, 128), self.reads % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_live_source_newest_wins_and_reconnects(monkeypatch):
+    FakeCapture.opens = 0
+    monkeypatch.setattr(S.cv2, "VideoCapture", FakeCapture)
+    src = S.LiveSource(0, backoff=(0.01, 0.02))
+    got = []
+    try:
+        for frame in src:
+            got.append(frame)
+            if len(got) >= 20 and src.stats.reconnects >= 2:
+                break
+    finally:
+        src.close()
+    assert src.stats.read_errors >= 1 and src.stats.reconnects >= 2  # lost, failed reopen, reopened
+    assert src.stats.dropped > 0  # the capture thread outruns the consumer: older frames replaced
+    assert [f.index for f in got] == sorted(f.index for f in got)
+
+
+def test_camera_argument_validation():
+    with pytest.raises(S.SourceError, match="index or /dev/videoN"):
+        S.open_source("front", None)
+    with pytest.raises(S.SourceError, match="does not exist"):
+        S.open_source("/dev/video97", None)
+    with pytest.raises(S.SourceError, match="source not found"):
+        S.open_source(None, "/nonexistent/folder")
+
+
+def test_watchdog_exits_nonzero_when_no_frame_arrives():
+    code = textwrap.dedent(f"""
+        import threading, logging
+        from marsseg.edge.model import TileModel
+        from marsseg.edge.pipeline import Segmenter
+        from marsseg.edge.runtime import Runtime
+        from marsseg.edge.sources import SourceStats
+        from marsseg.edge.terrain import CostTable
+
+        class Stuck:
+            live = False
+            stats = SourceStats()
+            def __iter__(self):
+                threading.Event().wait()  # a camera driver hung in read()
+                yield
+
+        logging.basicConfig(level=logging.INFO)
+        rt = Runtime(Stuck(), Segmenter(TileModel({str(TINY_MODEL)!r})), [], CostTable((1.0,) * 5), 16,
+                     watchdog_s=0.5)
+        rt.run()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "watchdog: no frame processed" in r.stderr
