@@ -26,6 +26,7 @@ from marsseg.edge.io import write_bytes_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
+from marsseg.edge.publishers import encode_png
 
 log = logging.getLogger("marsseg.eval")
 
@@ -68,8 +69,7 @@ def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
             cv2.rectangle(img, (x0, y0), (x0 + cell - 2, y0 + cell - 2), (255, shade, shade), -1)
             cv2.putText(img, f"{v:.2f}", (x0 + 14, y0 + cell // 2 + 5), font, 0.45,
                         (255, 255, 255) if v > 0.6 else (0, 0, 0), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", img)
-    return buf.tobytes()
+    return encode_png(img)
 
 
 def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float) -> dict:
