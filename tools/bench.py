@@ -1,0 +1,204 @@
+"""`make bench`: speed and memory of the edge runtime and the model on this machine -> JSON + table.
+
+  python -m tools.bench [--export-dir runs/<run>/export] [--output bench/results] [--quick]
+
+Measures (each printed as it runs):
+- interpreter only: int8 and float32 TFLite, batch 1 and a frame's batch, 1 and 2 threads (tiles/s, ms p50/p95);
+- end to end: the real `marsseg-edge` CLI on 128x128, 640x480 and 1024x1024 frames (fps, latency, stages,
+  share of processing time outside invoke), its peak RSS and start-up time, and whether TensorFlow got imported;
+- MACs per tile, achieved GMAC/s, and a float32 matmul peak of this CPU for scale;
+- training throughput of the default model (tiles/s; GPU too when TensorFlow sees one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from marsseg.edge.cli import bundled
+from marsseg.edge.io import write_text_atomic
+from marsseg.edge.model import TileModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def percentiles(samples: list[float]) -> dict:
+    a = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
+
+
+def interpreter_bench(model_path: Path, batch: int, threads: int, seconds: float) -> dict:
+    m = TileModel(model_path, num_threads=threads)
+    tiles = np.random.default_rng(0).integers(0, 256, (batch, *m.tile_shape), dtype=np.uint8)
+    m.predict(tiles)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 5:
+        t0 = time.perf_counter()
+        m.predict(tiles)
+        times.append(time.perf_counter() - t0)
+    per_tile = [t / batch for t in times]
+    r = {"model": model_path.name, "batch": batch, "threads": threads,
+         "tiles_per_s": round(batch * len(times) / sum(times), 1), **percentiles(per_tile)}
+    say(f"  {model_path.name:22s} batch {batch:3d} threads {threads}: {r['tiles_per_s']:8.1f} tiles/s, "
+        f"p50 {r['p50_ms']:.3f} ms/tile, p95 {r['p95_ms']:.3f}")
+    return r
+
+
+def make_frames(folder: Path, shape: tuple[int, int], n: int) -> None:
+    """Real AI4Mars frames tiled into a mosaic of the wanted size (or the bundled clip when no data)."""
+    with np.load(bundled("demo_clip.npz")) as z:
+        src = z["frames"]
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = shape
+    for i in range(n):
+        reps = (-(-h // 128), -(-w // 128))
+        tiles = [src[(i + k) % len(src)] for k in range(reps[0] * reps[1])]
+        rows = [np.hstack(tiles[r * reps[1] : (r + 1) * reps[1]]) for r in range(reps[0])]
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), np.vstack(rows)[:h, :w])
+
+
+EDGE_PROBE = textwrap.dedent("""
+    import json, resource, sys, time
+    t0 = time.perf_counter()
+    from marsseg.edge.cli import main
+    rc = main(sys.argv[1:])
+    print(json.dumps({"rc": rc, "tensorflow_imported": any(m.split('.')[0] in ('tensorflow', 'keras')
+                                                          for m in sys.modules),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def edge_bench(model: Path, shape: tuple[int, int], n: int, work: Path) -> dict:
+    folder = work / f"frames_{shape[0]}x{shape[1]}"
+    make_frames(folder, shape, n)
+    summary = work / f"summary_{shape[0]}x{shape[1]}.json"
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", EDGE_PROBE, str(folder), "--model", str(model), "--summary-json",
+                        str(summary), "--log-level", "WARNING"], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    probe = json.loads(r.stdout.strip().splitlines()[-1])
+    s = json.loads(summary.read_text())
+    stages = s["stage_ms_mean"]
+    processing = sum(v for k, v in stages.items() if k != "capture")
+    out = {"frame_shape": list(shape), "frames": s["frames"], "fps": s["fps"],
+           "latency_ms_mean": s["latency_ms_mean"], "latency_ms_p95": s["latency_ms_p95"], "stage_ms": stages,
+           "overhead_ratio_outside_invoke": round(1 - stages["invoke"] / processing, 4),
+           "overhead_ratio_incl_file_io": round(1 - stages["invoke"] / sum(stages.values()), 4),
+           "process_wall_s": round(wall, 2), "startup_s": round(wall - s["frames"] / max(s["fps"], 1e-9), 2),
+           **probe}
+    say(f"  {shape[0]}x{shape[1]}: {out['fps']:.1f} fps, latency p95 {out['latency_ms_p95']:.1f} ms, invoke "
+        f"{stages['invoke']:.1f} ms, outside invoke {out['overhead_ratio_outside_invoke']:.1%}, peak RSS "
+        f"{probe['peak_rss_mb']:.0f} MB, TF imported: {probe['tensorflow_imported']}")
+    return out
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """float32 GMAC/s of a large BLAS matmul on all cores: the ceiling the model's GMAC/s is compared with."""
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 1024**3 / (time.perf_counter() - t0) / 1e9
+
+
+def training_bench(steps: int) -> dict:
+    code = textwrap.dedent(f"""
+        import json, time, numpy as np, keras
+        from marsseg.train.config import TrainConfig
+        from marsseg.train.losses import make_loss
+        from marsseg.train.model import build_model
+        from marsseg.train.macs import count_macs
+        cfg = TrainConfig()
+        m = build_model(cfg)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss(cfg.loss, np.array([0, 1, 1, 2, 10], "f")))
+        x = np.random.rand(64, 64, 128, 1).astype("float32"); y = np.random.randint(0, 5, (64, 64, 128))
+        m.train_on_batch(x, y); m.train_on_batch(x, y)
+        t0 = time.perf_counter()
+        for _ in range({steps}): m.train_on_batch(x, y)
+        dt = time.perf_counter() - t0
+        import tensorflow as tf
+        print(json.dumps({{"tiles_per_s": round(64 * {steps} / dt, 1), "batch": 64, "macs_per_tile": count_macs(m),
+                          "gpus": len(tf.config.list_physical_devices("GPU"))}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    say(f"  training: {out['tiles_per_s']} tiles/s (batch 64, {out['gpus']} GPU)")
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export-dir", type=Path, help="folder with model_int8/model_float32 .tflite + .json "
+                                                    "(default: the bundled int8 model; float32 from bench/models)")
+    p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--quick", action="store_true", help="shorter runs (smoke check)")
+    a = p.parse_args(argv)
+    secs, frames = (0.5, 4) if a.quick else (4.0, 30)
+    int8 = a.export_dir / "model_int8.tflite" if a.export_dir else bundled("model_int8.tflite")
+    float32 = (a.export_dir or REPO / "bench" / "models") / "model_float32.tflite"
+    result: dict = {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "arch": platform.machine(),
+                                "python": platform.python_version(), "numpy": np.__version__,
+                                "opencv": cv2.__version__}}
+    meta = TileModel(int8).meta
+    result["model"] = {"file": str(int8), "sha256": meta.model_sha256, "run_id": meta.run_id,
+                       "macs_per_tile": meta.train_metrics.get("macs_per_tile"), "bytes_int8": int8.stat().st_size,
+                       "bytes_float32": float32.stat().st_size if float32.is_file() else None}
+    say("interpreter only")
+    models = [int8] + ([float32] if float32.is_file() else [])
+    result["interpreter"] = [interpreter_bench(m, b, t, secs) for m in models for b in (1, 16) for t in (1, 2)]
+    say("end to end (marsseg-edge on PNG frames)")
+    with tempfile.TemporaryDirectory() as tmp:
+        result["edge"] = [edge_bench(int8, s, frames, Path(tmp)) for s in ((128, 128), (480, 640), (1024, 1024))]
+    say("compute")
+    peak = matmul_peak(1.0 if a.quick else 3.0)
+    best = max(r["tiles_per_s"] for r in result["interpreter"] if r["model"] == int8.name)
+    macs = result["model"]["macs_per_tile"] or 0
+    result["compute"] = {"float32_matmul_peak_gmac_s": round(peak, 2),
+                         "int8_model_gmac_s": round(best * macs / 1e9, 2),
+                         "int8_share_of_float_peak": round(best * macs / 1e9 / peak, 3)}
+    say(f"  float32 matmul peak {peak:.1f} GMAC/s; int8 model {result['compute']['int8_model_gmac_s']} GMAC/s "
+        f"({result['compute']['int8_share_of_float_peak']:.0%} of it)")
+    say("training")
+    result["training"] = training_bench(3 if a.quick else 10)
+    a.output.mkdir(parents=True, exist_ok=True)
+    path = a.output / f"{result['host']}-{time.strftime('%Y%m%d')}.json"
+    write_text_atomic(path, json.dumps(result, indent=2))
+    say(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
