@@ -26,7 +26,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from marsseg.edge.cli import bundled
 from marsseg.edge.io import write_text_atomic
 from marsseg.edge.model import TileModel

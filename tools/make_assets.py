@@ -1,0 +1,117 @@
+"""Bundle a trained + exported model as the package default (edge/assets/), with its model card and demo clip.
+
+  python -m tools.make_assets --run runs/default-v1
+
+Copies `<run>/export/model_int8.{tflite,json}`, writes `val_names.json` (the run's validation frames),
+`demo_clip.npz` (real validation frames with their masks, spread over the split, big rock included) and
+`MODEL_CARD.md` (data, split, config, commands, metrics, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.train import data as D
+
+ASSETS = Path(__file__).resolve().parents[1] / "edge" / "assets"
+
+
+def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
+    """`n` validation frames spread evenly over the (name-sorted) split, a quarter of them with big rock."""
+    wanted = set(val_names)
+    idx = np.array(sorted((i for i, name in enumerate(ds.names) if name in wanted), key=lambda i: ds.names[i]))
+    rare = idx[(ds.masks[idx] == 4).any(axis=(1, 2))]
+    k_rare = n // 4
+    pick_rare = rare[np.linspace(0, len(rare) - 1, k_rare).round().astype(int)] if len(rare) else rare[:0]
+    rest = np.setdiff1d(idx, pick_rare)
+    pick = np.concatenate([pick_rare, rest[np.linspace(0, len(rest) - 1, n - len(pick_rare)).round().astype(int)]])
+    pick = np.array(sorted(set(pick.tolist()), key=lambda i: ds.names[i]))
+    return ds.subset(pick)
+
+
+def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, meta: dict) -> str:
+    r = {x["name"]: x for x in export["results"]}
+    names = ("keras_float32", "tflite_float32", "tflite_int8")
+    rows = "\n".join(
+        f"| {n} | {r[n]['mean_iou']:.4f} | " + " | ".join(f"{v:.3f}" for v in r[n]["per_class_iou"].values())
+        + f" | {r[n].get('argmax_agreement', 1.0):.4f} |" for n in names)
+    gmac = metrics["macs_per_tile"] / 1e9
+    return f"""# Model card: bundled default marsseg model
+
+- **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
+  per 64×128 tile; full-integer int8 TFLite (`model_int8.tflite`, {export['sizes_bytes']['int8']:,} bytes;
+  float32 TFLite {export['sizes_bytes']['float32']:,} bytes), SHA-256 `{meta['model_sha256']}`.
+- **Data**: `{Path(split['data']).name}` (sha256 `{split['data_sha256'][:16]}…`): 5,997 AI4Mars MSL navcam frames
+  (NASA/JPL, crowd-labelled training pool), 128×128 grayscale; classes 0 background/unlabelled, 1 soil,
+  2 bedrock, 3 sand, 4 big rock.
+- **Split**: by frame, stratified on big-rock presence, seed {split['seed']}, validation fraction
+  {split['val_fraction']}: {split['train_frames']} training / {split['val_frames']} validation frames
+  ({metrics['val_tiles']} validation tiles). Validation frame names: `val_names.json`.
+- **Training**: run `{run.name}`, loss `{cfg['loss']}`, background weight {cfg['background_weight']}, class-weight cap
+  {cfg['rare_cap']}, batch {cfg['batch_size']}, Adam {cfg['learning_rate']}; best epoch {metrics['best_epoch']} of
+  {metrics['epochs_run']} ({metrics['wall_seconds'] / 60:.0f} min on {metrics['backend']} / CPU).
+  Config: `train/configs/default.json` (+ overrides recorded in the run's `config.json`, reproduced below).
+- **Metrics** (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
+
+| model | mean IoU | soil | bedrock | sand | big rock | argmax agreement with Keras |
+|---|---|---|---|---|---|---|
+{rows}
+
+  int8 loses {export['int8_drop_points']:.2f} mean-IoU points against float Keras (budget {export['budget_points']}).
+  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
+- **Reproduce**:
+  ```
+  marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz --run-name {run.name}
+  marsseg-export --model runs/{run.name}/model.keras
+  python -m tools.make_assets --run runs/{run.name}
+  ```
+- **Made**: {time.strftime('%Y-%m-%d')}.
+- **Limits**: trained on MSL navcam frames downsampled 8× (1024→128); other cameras or ground scales need
+  `--scale` or retraining. Labels are crowd-sourced and coarse at boundaries; big rock is rare (~0.5% of
+  pixels) and the weakest class.
+
+Run config:
+```json
+{json.dumps(cfg, indent=1)}
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--export-dir", type=Path)
+    p.add_argument("--data", help="frames file (default: the run's)")
+    p.add_argument("--clip-frames", type=int, default=24)
+    a = p.parse_args(argv)
+    exp = a.export_dir or a.run / "export"
+    split = json.loads((a.run / "split.json").read_text())
+    cfg = json.loads((a.run / "config.json").read_text())
+    metrics = json.loads((a.run / "metrics.json").read_text())
+    export = json.loads((exp / "export_report.json").read_text())
+    if not export["passed"]:
+        print(f"refusing to bundle: the export of {a.run} failed its gate", file=sys.stderr)
+        return 1
+    for suffix in (".tflite", ".json"):
+        shutil.copy(exp / f"model_int8{suffix}", ASSETS / f"model_int8{suffix}")
+    meta = json.loads((ASSETS / "model_int8.json").read_text())
+    write_text_atomic(ASSETS / "val_names.json", json.dumps(split["val_names"]))
+    ds = D.load_dataset(D.resolve_data_path(a.data or split["data"]))
+    clip = demo_clip(ds, split["val_names"], a.clip_frames)
+    write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
+        f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
+        provenance=f"{len(clip)} validation frames of run {a.run.name} from {Path(split['data']).name}"))
+    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, metrics, cfg, split, meta))
+    print(f"bundled {a.run} into {ASSETS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
