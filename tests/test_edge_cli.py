@@ -52,13 +52,16 @@ def test_folder_to_masks_overlays_grids(frame_folder, tmp_path):
     assert not list(out.glob(".*"))  # no temp files left behind
 
 
-def test_video_source_and_overlay_video(tmp_path):
-    frames, _ = synthetic_frames(n=6)
-    video = tmp_path / "clip.avi"
-    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
-    for f in frames:
+def write_video(path, n):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
+    for f in synthetic_frames(n=n)[0]:
         w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
     w.release()
+    return path
+
+
+def test_video_source_and_overlay_video(tmp_path):
+    video = write_video(tmp_path / "clip.avi", 6)
     r = run_edge("--source", video, "--output", tmp_path / "out", "--video", tmp_path / "overlay.mp4",
                  "--summary-json", tmp_path / "s.json")
     assert r.returncode == 0, r.stderr
@@ -134,12 +137,7 @@ def test_toml_config(tmp_path, frame_folder):
 
 
 def test_truncated_video_ends_cleanly(tmp_path):
-    frames, _ = synthetic_frames(n=20)
-    video = tmp_path / "clip.avi"
-    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 128))
-    for f in frames:
-        w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
-    w.release()
+    video = write_video(tmp_path / "clip.avi", 20)
     data = video.read_bytes()
     video.write_bytes(data[: len(data) * 2 // 3])  # the source dies mid-stream
     r = run_edge("--source", video, "--output", tmp_path / "out", "--summary-json", tmp_path / "s.json")
