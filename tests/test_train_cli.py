@@ -31,6 +31,12 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert split["train_frames"] + split["val_frames"] == 24 and split["seed"] == 42
 
+    # continue from that model (how a CPU run is extended in a later session)
+    rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
+               "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", *TINY])
+    assert rc == 0
+    assert json.loads((tmp_path / "continued" / "config.json").read_text())["init_from"].endswith("model.keras")
+
 
 def test_train_cli_bad_data_exits_2(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "missing.npz")]) == 2

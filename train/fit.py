@@ -186,6 +186,10 @@ def train(cfg: TrainConfig) -> Path:
     loss_fn = make_loss(cfg.loss, weights, cfg.focal_gamma, cfg.dice_weight)
     with device_scope():
         model = build_model(cfg)
+        if cfg.init_from:
+            start = keras.saving.load_model(cfg.init_from, compile=False)
+            model.set_weights(start.get_weights())
+            log.info("starting from the weights of %s", cfg.init_from)
         lr = cfg.learning_rate
         steps = math.ceil(len(train_ds) * cfg.tiles_per_frame / cfg.batch_size)
         if cfg.schedule == "cosine_restarts":
