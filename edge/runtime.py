@@ -112,7 +112,11 @@ class Runtime:
             self._bad(frame, str(e))
             return
         t1 = time.perf_counter()
-        seg = self.segmenter(work)
+        try:
+            seg = self.segmenter(work)
+        except (ValueError, RuntimeError) as e:  # an interpreter fault on one frame must not end the run
+            self._bad(frame, f"segmentation failed: {e}")
+            return
         mask, conf = seg.mask, seg.confidence
         if work.shape != gray.shape:
             size = (gray.shape[1], gray.shape[0])

@@ -46,15 +46,17 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
         raise ValueError(f"cell size must be positive, got {cell}")
     rows, cols = math.ceil(h / ch), math.ceil(w / cw)
     n = len(table.costs)
-    counts = np.zeros((rows, cols, n), np.float32)
-    area = np.zeros((rows, cols), np.float32)
-    conf = np.zeros((rows, cols), np.float32)
-    for r in range(rows):  # rows x cols x C bincounts; cheap for cell sizes worth publishing
-        for c in range(cols):
-            m = mask[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw]
-            counts[r, c] = np.bincount(m.ravel(), minlength=n)[:n]
-            area[r, c] = m.size
-            conf[r, c] = confidence[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw].mean()
+    # pad to whole cells with an id no class has, then count per cell with reshapes (no Python loop per cell)
+    padded = np.full((rows * ch, cols * cw), 255, np.uint8)
+    padded[:h, :w] = mask
+    cells = padded.reshape(rows, ch, cols, cw)
+    counts = np.stack([(cells == k).sum(axis=(1, 3)) for k in range(n)], axis=-1).astype(np.float32)
+    area = np.zeros((rows * ch, cols * cw), np.float32)
+    area[:h, :w] = 1
+    area = area.reshape(rows, ch, cols, cw).sum(axis=(1, 3))
+    conf = np.zeros((rows * ch, cols * cw), np.float32)
+    conf[:h, :w] = confidence
+    conf = conf.reshape(rows, ch, cols, cw).sum(axis=(1, 3)) / area
     fractions = counts / area[..., None]
     costs = np.asarray(table.costs, np.float64)
     known = ~np.isnan(costs)
