@@ -32,3 +32,21 @@ def test_partial_edge_cells():
 def test_bad_cell():
     with pytest.raises(ValueError, match="cell size"):
         terrain_grid(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32), (0, 2), TABLE)
+
+
+def test_matches_per_cell_reference_on_random_maps():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        h, w = rng.integers(1, 60, 2)
+        ch, cw = rng.integers(1, 12, 2)
+        mask = rng.integers(0, 5, (h, w), dtype=np.uint8)
+        conf = rng.random((h, w), dtype=np.float32)
+        g = terrain_grid(mask, conf, (int(ch), int(cw)), TABLE)
+        for r in range(g.shape[0]):
+            for c in range(g.shape[1]):
+                m = mask[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw]
+                frac = np.bincount(m.ravel(), minlength=5) / m.size
+                np.testing.assert_allclose(g.fractions[r, c], frac, rtol=1e-5)
+                assert g.classes[r, c] == frac.argmax()
+                assert g.confidence[r, c] == pytest.approx(conf[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw].mean(),
+                                                           rel=1e-4)
