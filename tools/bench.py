@@ -108,6 +108,39 @@ def edge_bench(model: Path, shape: tuple[int, int], n: int, work: Path) -> dict:
     return out
 
 
+def serial_bench(model: Path, work: Path) -> list[dict]:
+    """Wire bytes of real terrain maps (bundled clip frames and mosaics of them) -> sustainable maps/s at 8N1."""
+    from marsseg.edge import protocol as P
+    from marsseg.edge.pipeline import Segmenter
+    from marsseg.edge.serial_link import grid_message
+    from marsseg.edge.sources import Frame
+    from marsseg.edge.terrain import CostTable, terrain_grid
+
+    m = TileModel(model)
+    seg = Segmenter(m)
+    table = CostTable(tuple(m.meta.costs()))
+    rows = []
+    for shape in ((128, 128), (480, 640), (1024, 1024)):
+        folder = work / f"frames_{shape[0]}x{shape[1]}"
+        for cell in (8, 16, 32):
+            sizes, cells = [], None
+            for f in sorted(folder.glob("*.png"))[:10]:
+                gray = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+                s = seg(gray)
+                g = terrain_grid(s.mask, s.confidence, (cell, cell), table)
+                msg = grid_message(g, 1, Frame(f.stem, 0, time.time(), None), m.meta.num_classes)
+                sizes.append(len(P.encode(msg)))
+                cells = g.shape
+            mean = float(np.mean(sizes))
+            r = {"frame_shape": list(shape), "cell": cell, "grid": list(cells), "wire_bytes_mean": round(mean, 1),
+                 "wire_bytes_max": int(max(sizes)),
+                 "maps_per_s_115200": round(115200 / 10 / mean, 1), "maps_per_s_921600": round(921600 / 10 / mean, 1)}
+            say(f"  {shape[0]}x{shape[1]} cell {cell}: {cells[0]}x{cells[1]} grid, {mean:.0f} B/map (max "
+                f"{r['wire_bytes_max']}), {r['maps_per_s_115200']} maps/s at 115200, {r['maps_per_s_921600']} at 921600")
+            rows.append(r)
+    return rows
+
+
 def matmul_peak(seconds: float = 3.0) -> float:
     """float32 GMAC/s of a large BLAS matmul on all cores: the ceiling the model's GMAC/s is compared with."""
     a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
@@ -181,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     say("end to end (marsseg-edge on PNG frames)")
     with tempfile.TemporaryDirectory() as tmp:
         result["edge"] = [edge_bench(int8, s, frames, Path(tmp)) for s in ((128, 128), (480, 640), (1024, 1024))]
+        say("serial link (real maps, 8N1 arithmetic: baud / 10 bytes per second)")
+        result["serial"] = serial_bench(int8, Path(tmp))
     say("compute")
     peak = matmul_peak(1.0 if a.quick else 3.0)
     best = max(r["tiles_per_s"] for r in result["interpreter"] if r["model"] == int8.name)
