@@ -136,7 +136,8 @@ def serial_bench(model: Path, work: Path) -> list[dict]:
                  "wire_bytes_max": int(max(sizes)),
                  "maps_per_s_115200": round(115200 / 10 / mean, 1), "maps_per_s_921600": round(921600 / 10 / mean, 1)}
             say(f"  {shape[0]}x{shape[1]} cell {cell}: {cells[0]}x{cells[1]} grid, {mean:.0f} B/map (max "
-                f"{r['wire_bytes_max']}), {r['maps_per_s_115200']} maps/s at 115200, {r['maps_per_s_921600']} at 921600")
+                f"{r['wire_bytes_max']}), maps/s: {r['maps_per_s_115200']} at 115200, "
+                f"{r['maps_per_s_921600']} at 921600")
             rows.append(r)
     return rows
 
