@@ -37,7 +37,7 @@ fi
 
 echo "== aarch64 wheels from the registry"
 WH=.board/wheels; rm -rf "$WH"; mkdir -p "$WH"
-"$PY" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
+"$PY" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64 \
   --platform manylinux_2_17_aarch64 --python-version 3.11 --implementation cp -d "$WH" \
   "ai-edge-litert==2.3.0" "numpy>=2" opencv-python-headless pyserial pytest hypothesis
 "$PY" -m pip wheel -q --no-deps -w "$WH" .
