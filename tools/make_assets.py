@@ -57,7 +57,8 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
 - **Training**: run `{run.name}`, loss `{cfg['loss']}`, background weight {cfg['background_weight']}, class-weight cap
   {cfg['rare_cap']}, batch {cfg['batch_size']}, Adam {cfg['learning_rate']}; best epoch {metrics['best_epoch']} of
   {metrics['epochs_run']} ({metrics['wall_seconds'] / 60:.0f} min on {metrics['backend']} / CPU).
-  Config: `train/configs/default.json` (+ overrides recorded in the run's `config.json`, reproduced below).
+  Config: `train/configs/default.json` with the overrides of the run's `config.json` (reproduced below;
+  CPU runs set `time_budget_min`).
 - **Metrics** (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
 
 | model | mean IoU | soil | bedrock | sand | big rock | argmax agreement with Keras |
@@ -68,7 +69,7 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
   Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
 - **Reproduce**:
   ```
-  marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz --run-name {run.name}
+  marsseg-train --config config.json --data ai4mars-frames-128.npz   # config.json = the run config below
   marsseg-export --model runs/{run.name}/model.keras
   python -m tools.make_assets --run runs/{run.name}
   ```
