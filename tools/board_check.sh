@@ -75,7 +75,7 @@ np.savez(".board/root/work/x86_reference.npz", tiles=tiles, probs=m.predict(tile
 PYEOF
 
 echo "== inside the arm64 root"
-QEMU_CPU=$CPU chroot "$ROOT" /bin/bash -euo pipefail -c '
+QEMU_CPU=$CPU chroot "$ROOT" /usr/bin/env -u PIP_FIND_LINKS /bin/bash -euo pipefail -c '
 cd /work
 uname -m; python3 --version; grep -m1 "CPU part" /proc/cpuinfo
 python3 -m venv /opt/venv
@@ -91,7 +91,8 @@ m = TileModel(bundled("model_int8.tflite"))
 probs = m.predict(ref["tiles"])
 agree = (probs.argmax(-1) == ref["probs"].argmax(-1)).mean()
 steps = np.abs(probs - ref["probs"]).max() / m.meta.output_quant.scale
-print(f"aarch64 vs x86 int8 class agreement: {agree:.6f} on {ref[\"tiles\"].shape[0]} tiles; max output diff {steps:.1f} int8 steps")
+n = len(ref["tiles"])
+print(f"aarch64 vs x86 int8 class agreement: {agree:.6f} on {n} tiles; max output diff {steps:.1f} int8 steps")
 assert agree >= 0.999, "aarch64 int8 masks disagree with x86"
 PYEOF
 /opt/venv/bin/marsseg-edge --source demo --output /tmp/demo --summary --log-level WARNING
