@@ -51,10 +51,13 @@ for f in possible present online; do echo "0-3" > "$ROOT/board/sys/devices/syste
 for i in 0 1 2 3; do
   printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: %s\nCPU revision\t: 3\n\n' "$i" "$part" >> "$ROOT/board/cpuinfo"
 done
-cleanup() { for m in work sys/devices/system/cpu proc/cpuinfo dev proc; do umount -l "$ROOT/$m" 2>/dev/null || true; done; }
+cleanup() {
+  for m in sys/devices/system/cpu proc/cpuinfo dev/pts dev proc; do umount -l "$ROOT/$m" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 mount -t proc proc "$ROOT/proc"
 mount --bind /dev "$ROOT/dev"
+mount --bind /dev/pts "$ROOT/dev/pts"  # the serial tests use pseudo-terminals
 mount --bind "$ROOT/board/cpuinfo" "$ROOT/proc/cpuinfo"
 mkdir -p "$ROOT/sys/devices/system/cpu"
 mount --bind "$ROOT/board/sys/devices/system/cpu" "$ROOT/sys/devices/system/cpu"
