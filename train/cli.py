@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -48,9 +49,16 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _stop_training(signum: int, _frame) -> None:
+    raise KeyboardInterrupt  # fit() is interrupted; the best model so far is kept and reported
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    # A job started in the background inherits SIGINT ignored; SIGTERM comes from service managers and `kill`.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_training)
     from marsseg.train.data import DataError
 
     try:
