@@ -43,6 +43,8 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
         f"| {n} | {r[n]['mean_iou']:.4f} | " + " | ".join(f"{v:.3f}" for v in r[n]["per_class_iou"].values())
         + f" | {r[n].get('argmax_agreement', 1.0):.4f} |" for n in names)
     gmac = metrics["macs_per_tile"] / 1e9
+    leg = (f"\n  Continued from the weights of `{cfg['init_from']}` (train that run first, same data and split)."
+           if cfg.get("init_from") else "")
     return f"""# Model card: bundled default marsseg model
 
 - **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
@@ -58,7 +60,7 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
   {cfg['rare_cap']}, batch {cfg['batch_size']}, Adam {cfg['learning_rate']}; best epoch {metrics['best_epoch']} of
   {metrics['epochs_run']} ({metrics['wall_seconds'] / 60:.0f} min on {metrics['backend']} / CPU).
   Config: `train/configs/default.json` with the overrides of the run's `config.json` (reproduced below;
-  CPU runs set `time_budget_min`).
+  CPU runs set `time_budget_min`).{leg}
 - **Metrics** (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
 
 | model | mean IoU | soil | bedrock | sand | big rock | argmax agreement with Keras |
