@@ -23,18 +23,18 @@ class ModelError(RuntimeError):
     """A model file that cannot be used; the message says what and how to fix it."""
 
 
-def interpreter_class() -> tuple[type, str]:
-    """The Interpreter class of the first importable runtime, and the runtime's name."""
+def interpreter_class() -> type:
+    """The Interpreter class of the first importable runtime: LiteRT, else tflite_runtime."""
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        return Interpreter, "ai-edge-litert"
+        return Interpreter
     except ImportError:
         pass
     try:
         from tflite_runtime.interpreter import Interpreter
 
-        return Interpreter, "tflite-runtime"
+        return Interpreter
     except ImportError as e:
         raise ModelError(
             "no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime on legacy boards)") from e
@@ -50,7 +50,7 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path} (pass --model PATH.tflite)")
-    cls, _ = interpreter_class()
+    cls = interpreter_class()
     threads = num_threads or os.cpu_count()
     try:
         return _create(cls, path, threads, delegates)
@@ -64,7 +64,7 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
 
 def xnnpack_accepts(model_path: str | os.PathLike) -> str:
     """'' if the default XNNPACK delegate prepares the model, else its error (the export gate uses this)."""
-    cls, _ = interpreter_class()
+    cls = interpreter_class()
     try:
         _create(cls, Path(model_path), 1, True)
     except (ValueError, RuntimeError) as e:

@@ -7,7 +7,6 @@ start-up error rather than wrong maps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from marsseg.edge import spec
 from marsseg.edge.interpreter import ModelError, input_info, output_info
+from marsseg.edge.io import sha256_file
 
 FORMAT = "marsseg-model/1"
 
@@ -71,10 +71,6 @@ def _cost_from_json(c: Any) -> float:
     if c is None:
         return float("nan")
     return float(c)
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def metadata_path(model_path: str | Path) -> Path:

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.io import write_atomic
+from marsseg.edge.io import sha256_file, write_atomic
 from marsseg.edge.spec import NUM_CLASSES
 from marsseg.train import data as D
 from marsseg.train.config import TrainConfig
-from marsseg.train.fit import file_sha256, prepare_data
+from marsseg.train.fit import prepare_data
 
 BRIGHTNESS_BINS = 5
 
@@ -48,7 +48,7 @@ def make_calibration(data: str, out: Path, n: int = 256, seed: int = 42, val_fra
     idx = select_calibration(x, y, n, seed)
     counts = np.bincount(y[idx].ravel(), minlength=NUM_CLASSES)
     provenance = {
-        "source": str(Path(prep["path"]).name), "source_sha256": file_sha256(prep["path"]),
+        "source": str(Path(prep["path"]).name), "source_sha256": sha256_file(prep["path"]),
         "split": {"seed": seed, "val_fraction": val_fraction, "side": "train"},
         "selection": f"{n} fixed-offset 64x128 tiles stratified by rarest class present x brightness quintile",
         "command": f"marsseg-export calibrate --data {Path(prep['path']).name} --n {n} --seed {seed}",

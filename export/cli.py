@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.edge.interpreter import ModelError, make_interpreter
-from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.edge.io import write_atomic, write_bytes_atomic, write_text_atomic
 from marsseg.edge.metadata import build_metadata, metadata_path
 from marsseg.edge.spec import CLASS_NAMES, TILE_SHAPE
 from marsseg.train.data import DataError
@@ -98,7 +98,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
         timings[kind] = round(time.perf_counter() - t0, 1)
         final = out_dir / f"model_{kind}.tflite"
         path = final.with_name(f"model_{kind}.candidate.tflite") if kind == "int8" else final
-        C.write_model(content, path)
+        write_bytes_atomic(path, content)
         meta = build_metadata(path, make_interpreter(path), run_dir.name, train_metrics,
                               {"calibration": str(calibration), "calibration_tiles": len(tiles),
                                "converter": "tf.lite.TFLiteConverter.from_keras_model", "kind": kind})

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.edge import interpreter as it
-from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import preprocess
 
@@ -48,10 +47,6 @@ def convert(model, calibration: np.ndarray | None) -> bytes:
     else:
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return conv.convert()
-
-
-def write_model(content: bytes, path: Path) -> None:
-    write_bytes_atomic(path, content)
 
 
 def op_report(model_path: Path) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
 from marsseg.train import data as D
@@ -106,14 +105,6 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare_data(cfg: TrainConfig) -> dict:
     """Load, clean and split by frame; returns the pieces training and export both need."""
     path = D.resolve_data_path(cfg.data)
@@ -178,7 +169,7 @@ def train(cfg: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
     write_text_atomic(run_dir / "split.json", json.dumps({
-        "data": str(prep["path"]), "data_sha256": file_sha256(prep["path"]), "seed": cfg.seed,
+        "data": str(prep["path"]), "data_sha256": sha256_file(prep["path"]), "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "train_frames": len(train_ds), "val_frames": len(val_ds),
         "val_names": val_ds.names.tolist(), "cleaning": prep["cleaning"].as_dict(),
     }, indent=1))
