@@ -46,3 +46,24 @@ def test_train_cli_bad_data_exits_2(tmp_path, capsys):
 def test_train_cli_unknown_key(frames_file, capsys):
     assert main(["--data", str(frames_file), "--set", "nonsense=1"]) == 2
     assert "unknown config keys" in capsys.readouterr().err
+
+
+def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from marsseg.train import fit
+
+    clock = [1000.0]
+    monkeypatch.setattr(fit.time, "monotonic", lambda: clock[0])
+    cb = fit.TimeBudget(minutes=10)  # deadline at 1600 s
+    model = SimpleNamespace(stop_training=False)
+    cb.set_model(model)
+    stops = []
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        clock[0] += 250  # each epoch takes 250 s: ends at 1250, 1500; a third would end at 1750 > 1600
+        cb.on_epoch_end(epoch)
+        stops.append(model.stop_training)
+        if model.stop_training:
+            break
+    assert stops == [False, True]

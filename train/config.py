@@ -44,7 +44,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "plateau"  # plateau | cosine_restarts
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
-    time_budget_min: float = 0.0  # >0: stop after the epoch that crosses this wall time (CPU runs)
+    time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
     patience: int = 12
     lr_patience: int = 4
     min_lr: float = 1e-5

@@ -93,15 +93,24 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop cleanly after the epoch that crosses a wall-clock budget (best weights are kept)."""
+    """Stop cleanly at the end of the last epoch that fits a wall-clock budget (best weights are kept).
+
+    An epoch is predicted to take as long as the previous one, so a run never overshoots its budget by
+    most of an epoch (on CPU one epoch of a large model can be a third of the budget).
+    """
 
     def __init__(self, minutes: float) -> None:
         super().__init__()
         self.deadline = time.monotonic() + minutes * 60
+        self.epoch_started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if time.monotonic() > self.deadline:
-            log.info("time budget reached after epoch %d", epoch + 1)
+        now = time.monotonic()
+        if now + (now - self.epoch_started) > self.deadline:
+            log.info("time budget: stopping after epoch %d (the next would end past the budget)", epoch + 1)
             self.model.stop_training = True
 
 
