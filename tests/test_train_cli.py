@@ -67,3 +67,32 @@ def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
         if model.stop_training:
             break
     assert stops == [False, True]
+
+
+def test_ema_swap_validates_the_average_and_trains_on_the_raw_weights():
+    import keras
+    from marsseg.train import fit
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen[self.key] = [keras.ops.convert_to_numpy(v).copy() for v in self.model.trainable_variables]
+            if self.key == "during":
+                seen["average"] = [keras.ops.convert_to_numpy(v).copy()
+                                   for v in self.model.optimizer._model_variables_moving_average]
+
+    swap = fit.EmaSwap()
+    x, y = np.random.default_rng(0).normal(size=(64, 3)), np.random.default_rng(1).normal(size=(64, 2))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+              callbacks=[swap, Probe("during"), swap.restorer(), Probe("after")])
+    for during, average, raw, after in zip(seen["during"], seen["average"], swap.raw, seen["after"], strict=True):
+        np.testing.assert_allclose(during, average)  # validation/checkpoint see the average
+        np.testing.assert_allclose(after, raw)  # training continues from the raw weights
+        assert not np.allclose(average, raw)  # 8 steps at lr 0.1: the two really differ

@@ -43,6 +43,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     schedule: str = "plateau"  # plateau | cosine_restarts
+    ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
     time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
     patience: int = 12
