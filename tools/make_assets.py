@@ -20,7 +20,9 @@ import numpy as np
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.train import data as D
 
-ASSETS = Path(__file__).resolve().parents[1] / "edge" / "assets"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "edge" / "assets"
+DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"
 
 
 def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
@@ -36,15 +38,43 @@ def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
     return ds.subset(pick)
 
 
-def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, meta: dict) -> str:
+def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
+    """(run folder, config, metrics) for `run` and every run it continued from (`init_from`), oldest first."""
+    chain = []
+    while True:
+        chain.append((run, json.loads((run / "config.json").read_text()),
+                      json.loads((run / "metrics.json").read_text())))
+        start = chain[-1][1].get("init_from")
+        if not start:
+            return chain[::-1]
+        run = Path(start).parent
+        if not (run / "metrics.json").exists():
+            raise FileNotFoundError(f"{chain[-1][0]} continued from {start}, but {run} is not a finished run folder")
+
+
+def train_command(cfg: dict) -> str:
+    """The `marsseg-train` line that reproduces a run: the default config plus this run's overrides."""
+    base = json.loads(DEFAULT_CONFIG.read_text())
+    sets = [f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in cfg.items()
+            if k not in ("data", "out_dir", "run_name") and base.get(k) != v]
+    return " ".join(["marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz",
+                     f"--run-name {cfg['run_name']}", *sets])
+
+
+def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     r = {x["name"]: x for x in export["results"]}
     names = ("keras_float32", "tflite_float32", "tflite_int8")
     rows = "\n".join(
         f"| {n} | {r[n]['mean_iou']:.4f} | " + " | ".join(f"{v:.3f}" for v in r[n]["per_class_iou"].values())
         + f" | {r[n].get('argmax_agreement', 1.0):.4f} |" for n in names)
+    chain = lineage(run)
+    _, cfg, metrics = chain[-1]
+    legs = "\n".join(
+        f"| `{leg.name}` | {c.get('init_from') or 'scratch'} | {c['learning_rate']} | {c['rare_cap']} | "
+        f"{c.get('ema', 0.0)} | {m['epochs_run']} (best {m['best_epoch']}) | {m['wall_seconds'] / 60:.0f} min | "
+        f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
+    commands = "\n".join(f"  {train_command(c)}" for _, c, _ in chain)
     gmac = metrics["macs_per_tile"] / 1e9
-    leg = (f"\n  Continued from the weights of `{cfg['init_from']}` (train that run first, same data and split)."
-           if cfg.get("init_from") else "")
     return f"""# Model card: bundled default marsseg model
 
 - **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
@@ -56,12 +86,15 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
 - **Split**: by frame, stratified on big-rock presence, seed {split['seed']}, validation fraction
   {split['val_fraction']}: {split['train_frames']} training / {split['val_frames']} validation frames
   ({metrics['val_tiles']} validation tiles). Validation frame names: `val_names.json`.
-- **Training**: run `{run.name}`, loss `{cfg['loss']}`, background weight {cfg['background_weight']}, class-weight cap
-  {cfg['rare_cap']}, batch {cfg['batch_size']}, Adam {cfg['learning_rate']}; best epoch {metrics['best_epoch']} of
-  {metrics['epochs_run']} ({metrics['wall_seconds'] / 60:.0f} min on {metrics['backend']} / CPU).
-  Config: `train/configs/default.json` with the overrides of the run's `config.json` (reproduced below;
-  CPU runs set `time_budget_min`).{leg}
-- **Metrics** (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
+- **Training**: loss `{cfg['loss']}`, background weight {cfg['background_weight']}, batch {cfg['batch_size']},
+  Adam, on {metrics['backend']} / CPU, in {len(chain)} leg(s); a CPU run is cut into time-budgeted legs,
+  each starting from the previous leg's best checkpoint:
+
+| run | started from | learning rate | class-weight cap | weight EMA | epochs | wall | val mean IoU (float) |
+|---|---|---|---|---|---|---|---|
+{legs}
+
+- **Metrics** of `{run.name}` (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
 
 | model | mean IoU | soil | bedrock | sand | big rock | argmax agreement with Keras |
 |---|---|---|---|---|---|---|
@@ -69,18 +102,19 @@ def model_card(run: Path, export: dict, metrics: dict, cfg: dict, split: dict, m
 
   int8 loses {export['int8_drop_points']:.2f} mean-IoU points against float Keras (budget {export['budget_points']}).
   Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
-- **Reproduce**:
+- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
   ```
-  marsseg-train --config config.json --data ai4mars-frames-128.npz   # config.json = the run config below
+{commands}
   marsseg-export --model runs/{run.name}/model.keras
   python -m tools.make_assets --run runs/{run.name}
   ```
 - **Made**: {time.strftime('%Y-%m-%d')}.
 - **Limits**: trained on MSL navcam frames downsampled 8× (1024→128); other cameras or ground scales need
   `--scale` or retraining. Labels are crowd-sourced and coarse at boundaries; big rock is rare (~0.5% of
-  pixels) and the weakest class.
+  pixels) and the weakest class. Background is excluded from the loss, so the model never answers
+  "unknown": sky and rover hardware get a terrain class.
 
-Run config:
+Run config of `{run.name}`:
 ```json
 {json.dumps(cfg, indent=1)}
 ```
@@ -96,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     exp = a.export_dir or a.run / "export"
     split = json.loads((a.run / "split.json").read_text())
-    cfg = json.loads((a.run / "config.json").read_text())
-    metrics = json.loads((a.run / "metrics.json").read_text())
     export = json.loads((exp / "export_report.json").read_text())
     if not export["passed"]:
         print(f"refusing to bundle: the export of {a.run} failed its gate", file=sys.stderr)
@@ -111,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
         f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
         provenance=f"{len(clip)} validation frames of run {a.run.name} from {Path(split['data']).name}"))
-    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, metrics, cfg, split, meta))
+    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta))
     print(f"bundled {a.run} into {ASSETS}")
     return 0
 

@@ -1,0 +1,46 @@
+"""tools.make_assets: the model card's lineage walks init_from, and its commands rebuild each leg's config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+
+import pytest
+
+from marsseg.train.cli import build_config, parse_args
+from marsseg.train.config import TrainConfig
+from tools import make_assets
+
+
+def _leg(root, name: str, init_from: str = "", **overrides) -> TrainConfig:
+    cfg = TrainConfig(data="frames.npz", run_name=name, init_from=init_from, **overrides)
+    run = root / name
+    run.mkdir()
+    cfg.save(run / "config.json")
+    (run / "metrics.json").write_text(json.dumps({"epochs_run": 3, "best_epoch": 2, "mean_iou": 0.5}))
+    return cfg
+
+
+def test_lineage_is_oldest_first_and_commands_rebuild_each_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    first = _leg(runs, "a", time_budget_min=80.0)
+    second = _leg(runs, "b", init_from="runs/a/model.keras", learning_rate=2e-4, rare_cap=4.0, ema=0.99,
+                  fine_widths=(16, 32, 64))
+    chain = make_assets.lineage(runs / "b")
+    assert [run.name for run, _, _ in chain] == ["a", "b"]
+    monkeypatch.chdir(make_assets.ROOT)  # the command names train/configs/default.json relative to the repo
+    for (_, cfg, _), want in zip(chain, (first, second), strict=True):
+        argv = shlex.split(make_assets.train_command(cfg))[1:]
+        got = build_config(parse_args(argv))
+        assert dataclasses.replace(got, data=want.data) == want
+
+
+def test_lineage_names_a_missing_parent_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    _leg(tmp_path / "runs", "b", init_from="runs/gone/model.keras")
+    with pytest.raises(FileNotFoundError, match="runs/gone is not a finished run folder"):
+        make_assets.lineage(tmp_path / "runs" / "b")
