@@ -7,9 +7,9 @@ import json
 import shlex
 
 import pytest
-
 from marsseg.train.cli import build_config, parse_args
 from marsseg.train.config import TrainConfig
+
 from tools import make_assets
 
 
