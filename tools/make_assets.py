@@ -100,7 +100,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
 |---|---|---|---|---|---|---|
 {rows}
 
-  int8 loses {export['int8_drop_points']:.2f} mean-IoU points against float Keras (budget {export['budget_points']}).
+  int8 − float Keras: {-export['int8_drop_points']:+.2f} mean-IoU points (the export gate allows a drop of at most
+  {export['budget_points']}).
   Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
 - **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
   ```
