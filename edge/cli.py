@@ -55,6 +55,7 @@ class EdgeConfig:
     summary_json: str | None = None
     costs: dict = field(default_factory=dict)  # class name -> cost ("inf" lethal, "nan" unknown)
     lethal_fraction: float = 0.05
+    min_confidence: float = 0.0  # cells less confident than this get unknown cost (0 = off)
     log_level: str = "INFO"
 
 
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     o.add_argument("--baud", type=int)
     o.add_argument("--map-rate", type=float, help="maps/s the serial link budget is planned for (default 2)")
     o.add_argument("--cell", type=int, help="terrain grid cell size in pixels (default 16)")
+    o.add_argument("--min-confidence", type=float,
+                   help="cells whose mean confidence is below this get unknown cost (default 0 = off; 0.7 suggested)")
     r = p.add_argument_group("operation")
     r.add_argument("--log-interval", type=float, help="seconds between stats log lines (default 5)")
     r.add_argument("--watchdog", type=float, help="exit 3 if no frame is processed for this many seconds")
@@ -114,6 +117,8 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
         p.error(f"--overlap must be a fraction in [0, 1), got {cfg.overlap}")
     if cfg.scale <= 0 or cfg.cell < 1 or cfg.baud < 300 or cfg.map_rate <= 0:
         p.error("--scale, --cell, --baud and --map-rate must be positive")
+    if not 0 <= cfg.min_confidence <= 1:
+        p.error(f"--min-confidence must be in [0, 1], got {cfg.min_confidence}")
     if cfg.resize is not None:
         parse_size(p, cfg.resize)
     return cfg
@@ -169,7 +174,7 @@ def build_and_run(cfg: EdgeConfig) -> int:
         if name not in meta.class_names:
             raise ValueError(f"costs: unknown class {name!r}; classes are {', '.join(meta.class_names)}")
         costs[meta.class_names.index(name)] = float(value)
-    table = CostTable(tuple(costs), cfg.lethal_fraction)
+    table = CostTable(tuple(costs), cfg.lethal_fraction, min_confidence=cfg.min_confidence)
     source_spec = str(bundled("demo_clip.npz")) if cfg.source == "demo" else cfg.source
     source = open_source(cfg.camera, source_spec)
     lut = palette(meta.colours)

@@ -27,6 +27,7 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import encode_png
+from marsseg.edge.terrain import CostTable, terrain_grid
 
 log = logging.getLogger("marsseg.eval")
 
@@ -72,18 +73,44 @@ def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
     return encode_png(img)
 
 
-def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float) -> dict:
+CELL_KINDS = ("unlabelled", "right", "wrong")
+
+
+def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float, cell: int = 16,
+             thresholds: tuple[float, ...] = ()) -> dict:
+    """Pixel confusion matrix and scores; per threshold, which terrain-grid cells `--min-confidence` would flag.
+
+    Cells are sorted by their true majority class: unlabelled (background), right (predicted majority = true),
+    wrong. A useful threshold flags many wrong and unlabelled cells and few right ones.
+    """
     seg = Segmenter(model, overlap)
     n = model.meta.num_classes
     cm = np.zeros((n, n), np.int64)
+    flagged = np.zeros((len(thresholds), len(CELL_KINDS)), np.int64)
+    cells = np.zeros(3, np.int64)
+    table = CostTable((0.0,) * n)
     t0 = time.perf_counter()
     for i in range(len(frames)):
-        cm += confusion_matrix(masks[i], seg(frames[i]).mask, n)
+        out = seg(frames[i])
+        cm += confusion_matrix(masks[i], out.mask, n)
+        pred = terrain_grid(out.mask, out.confidence, (cell, cell), table)
+        truth = terrain_grid(masks[i], out.confidence, (cell, cell), table).classes
+        kind = np.where(truth == 0, 0, np.where(pred.classes == truth, 1, 2)).ravel()
+        cells += np.bincount(kind, minlength=3)
+        for k, t in enumerate(thresholds):
+            flagged[k] += np.bincount(kind[pred.confidence.ravel() < t], minlength=3)
         if i % 200 == 0:
             log.info("overlap %.2f: %d/%d frames", overlap, i, len(frames))
     s = scores(cm, model.meta.class_names)
+    share = np.round(flagged / np.maximum(cells, 1), 4)
     return {"overlap": overlap, **s.as_dict(), "confusion_matrix": cm.tolist(),
-            "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
+            "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames),
+            "min_confidence": {"cell": cell, "cells": _by_kind(cells),
+                               "flagged_share": {f"{t:g}": _by_kind(share[k]) for k, t in enumerate(thresholds)}}}
+
+
+def _by_kind(values: np.ndarray) -> dict:
+    return dict(zip(CELL_KINDS, values.tolist(), strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=float, nargs="+", default=[0.0, 0.25, 0.5])
     p.add_argument("--output", type=Path, help="folder for eval.json and confusion PNGs")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cell", type=int, default=16, help="terrain grid cell (pixels) for the --min-confidence study")
+    p.add_argument("--min-confidence", type=float, nargs="*", default=[0.6, 0.7, 0.8],
+                   help="thresholds to report: share of unlabelled / right / wrong cells each would flag")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from marsseg.edge.cli import bundled
@@ -102,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
         frames, masks, _ = load_frames(a.data, a.names)
-        results = [evaluate(model, frames, masks, o) for o in a.overlap]
+        results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence)) for o in a.overlap]
     except (ModelError, ValueError, OSError) as e:
         print(f"marsseg-eval: error: {e}", file=sys.stderr)
         return 2
@@ -112,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overlap {r['overlap']:.2f}: mean IoU {r['mean_iou']:.4f} | " +
               " ".join(f"{k} {v:.3f}" for k, v in r["per_class_iou"].items()) +
               f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame")
+        for t, f in r["min_confidence"]["flagged_share"].items():
+            print(f"  --min-confidence {t}: flags {f['wrong']:.1%} of wrong cells, {f['unlabelled']:.1%} of "
+                  f"unlabelled, {f['right']:.1%} of right ({a.cell}-px cells)")
     if a.output:
         write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
         for r in results:

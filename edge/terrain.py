@@ -2,7 +2,9 @@
 
 Cost per cell = the fraction-weighted mean of the class costs over the cell's known (non-background)
 pixels; a cell whose lethal-class fraction reaches `lethal_fraction` is lethal (inf); a cell that is
-mostly unknown (background fraction > `max_unknown`) has unknown cost (nan). Cell (0, 0) is the top-left
+mostly unknown (background fraction > `max_unknown`), or whose mean model confidence is below `min_confidence`,
+has unknown cost (nan): the model never predicts background, so low confidence is how sky, hardware and
+misclassified ground show up (lethal still wins, to stay safe). Cell (0, 0) is the top-left
 corner of the frame (the origin), rows go down and columns right, in image pixels; edge cells may be partial.
 """
 
@@ -19,10 +21,12 @@ class CostTable:
     costs: tuple[float, ...]  # per class id; nan = unknown, inf = lethal
     lethal_fraction: float = 0.05
     max_unknown: float = 0.5
+    min_confidence: float = 0.0  # 0 = off
 
     def __post_init__(self) -> None:
-        if not 0 < self.lethal_fraction <= 1 or not 0 <= self.max_unknown <= 1:
-            raise ValueError("lethal_fraction must be in (0, 1] and max_unknown in [0, 1]")
+        if not 0 < self.lethal_fraction <= 1 or not 0 <= self.max_unknown <= 1 or not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"lethal_fraction must be in (0, 1], max_unknown and min_confidence in [0, 1]; got "
+                             f"{self.lethal_fraction}, {self.max_unknown}, {self.min_confidence}")
 
 
 @dataclass
@@ -65,7 +69,7 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = (fractions[..., finite] * costs[finite]).sum(-1) / fractions[..., finite].sum(-1)
     lethal = fractions[..., np.isinf(costs)].sum(-1) >= table.lethal_fraction
-    unknown = (1 - known_frac) > table.max_unknown
+    unknown = ((1 - known_frac) > table.max_unknown) | (conf < table.min_confidence)
     cost = np.where(unknown, np.nan, cost)
     cost = np.where(lethal, np.inf, cost)
     return TerrainGrid((ch, cw), (0, 0), fractions.argmax(-1).astype(np.uint8), fractions, conf,

@@ -118,6 +118,7 @@ def test_no_camera_fails_cleanly():
     (["--camera", "0", "--source", "x"], "either --camera or --source"),
     ([], "no input"),
     (["--source", "x", "--resize", "big"], "WxH"),
+    (["--source", "x", "--min-confidence", "1.5"], "--min-confidence must be in [0, 1]"),
 ])
 def test_bad_arguments_exit_2(args, message):
     r = run_edge(*args, timeout=60)

@@ -13,7 +13,7 @@ def test_eval_reports_tile_and_frame_level(tmp_path, capsys):
     names = tmp_path / "split.json"
     names.write_text(json.dumps({"val_names": ["n1", "n2", "n5"]}))
     rc = main([str(data), "--model", str(TINY_MODEL), "--names", str(names), "--overlap", "0", "0.5",
-               "--output", str(tmp_path / "ev")])
+               "--output", str(tmp_path / "ev"), "--min-confidence", "0", "0.5", "0.9"])
     assert rc == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["frames"] == 3 and [r["overlap"] for r in report["results"]] == [0.0, 0.5]
@@ -21,6 +21,12 @@ def test_eval_reports_tile_and_frame_level(tmp_path, capsys):
         cm = np.array(r["confusion_matrix"])
         assert cm.sum() == 3 * 128 * 128
         assert 0 <= r["mean_iou"] <= 1
+        mc = r["min_confidence"]
+        assert sum(mc["cells"].values()) == 3 * (128 // 16) ** 2
+        shares = [mc["flagged_share"][t] for t in ("0", "0.5", "0.9")]
+        assert all(v == 0 for v in shares[0].values())  # threshold 0 flags nothing
+        for kind in ("unlabelled", "right", "wrong"):  # a higher threshold flags a superset
+            assert shares[1][kind] <= shares[2][kind] <= 1
     assert (tmp_path / "ev" / "confusion_overlap0.50.png").stat().st_size > 1000
     assert "overlap 0.00: mean IoU" in capsys.readouterr().out
 

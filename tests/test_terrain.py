@@ -50,3 +50,20 @@ def test_matches_per_cell_reference_on_random_maps():
                 assert g.classes[r, c] == frac.argmax()
                 assert g.confidence[r, c] == pytest.approx(conf[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw].mean(),
                                                            rel=1e-4)
+
+
+def test_low_confidence_cells_are_unknown_but_lethal_wins():
+    mask = np.ones((2, 6), np.uint8)
+    mask[0, 5] = 4  # a big-rock pixel in the third cell
+    conf = np.array([[0.9, 0.9, 0.5, 0.6, 0.2, 0.2], [0.9, 0.9, 0.6, 0.7, 0.2, 0.2]], np.float32)
+    strict = CostTable(TABLE.costs, lethal_fraction=0.05, min_confidence=0.7)
+    g = terrain_grid(mask, conf, (2, 2), strict)
+    assert g.cost[0, 0] == 1.0  # mean confidence 0.9
+    assert np.isnan(g.cost[0, 1])  # mean 0.6 < 0.7: unknown
+    assert np.isinf(g.cost[0, 2])  # unsure, but a rock: stays lethal
+    assert not np.isnan(terrain_grid(mask, conf, (2, 2), TABLE).cost[0, 1])  # off by default
+
+
+def test_cost_table_rejects_out_of_range_confidence():
+    with pytest.raises(ValueError, match=r"min_confidence in \[0, 1\]"):
+        CostTable(TABLE.costs, min_confidence=1.5)
