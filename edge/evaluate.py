@@ -73,7 +73,7 @@ def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
     return encode_png(img)
 
 
-CELL_KINDS = ("unlabelled", "right", "wrong")
+CELL_KINDS = ("unlabelled", "right", "wrong")  # the codes 0, 1, 2 of `kind` below
 
 
 def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float, cell: int = 16,
@@ -87,7 +87,7 @@ def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: f
     n = model.meta.num_classes
     cm = np.zeros((n, n), np.int64)
     flagged = np.zeros((len(thresholds), len(CELL_KINDS)), np.int64)
-    cells = np.zeros(3, np.int64)
+    cells = np.zeros(len(CELL_KINDS), np.int64)
     table = CostTable((0.0,) * n)
     t0 = time.perf_counter()
     for i in range(len(frames)):
@@ -96,9 +96,9 @@ def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: f
         pred = terrain_grid(out.mask, out.confidence, (cell, cell), table)
         truth = terrain_grid(masks[i], out.confidence, (cell, cell), table).classes
         kind = np.where(truth == 0, 0, np.where(pred.classes == truth, 1, 2)).ravel()
-        cells += np.bincount(kind, minlength=3)
+        cells += np.bincount(kind, minlength=len(CELL_KINDS))
         for k, t in enumerate(thresholds):
-            flagged[k] += np.bincount(kind[pred.confidence.ravel() < t], minlength=3)
+            flagged[k] += np.bincount(kind[pred.confidence.ravel() < t], minlength=len(CELL_KINDS))
         if i % 200 == 0:
             log.info("overlap %.2f: %d/%d frames", overlap, i, len(frames))
     s = scores(cm, model.meta.class_names)
