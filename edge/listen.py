@@ -35,7 +35,7 @@ def describe(msg: P.Message) -> dict:
     rows, cols = msg.classes.shape
     hist = np.bincount(msg.classes.ravel(), minlength=msg.num_classes) / msg.classes.size
     return {"type": "grid", **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
-            "encoding": "rle" if msg.encoding == P.ENC_RLE else "raw", "classes": msg.classes.tolist(),
+            "encoding": P.ENCODING_NAMES[msg.encoding], "classes": msg.classes.tolist(),
             "cost": msg.cost.tolist(), "class_fractions": [round(float(x), 3) for x in hist],
             "lethal_cells": int((msg.cost == P.COST_LETHAL).sum())}
 

@@ -23,7 +23,9 @@ MAX_FRAME = HEADER.size + MAX_PAYLOAD + CRC.size  # unstuffed
 MAX_WIRE = MAX_FRAME + MAX_FRAME // 254 + 2  # COBS overhead + delimiter
 
 TYPE_GRID, TYPE_HEARTBEAT = 1, 2
-ENC_RAW, ENC_RLE = 0, 1
+ENC_RAW, ENC_RLE, ENC_PLANES = 0, 1, 2
+ENCODING_NAMES = {ENC_RAW: "raw", ENC_RLE: "rle", ENC_PLANES: "per-plane"}
+PLANE_HEAD = struct.Struct("<BH")  # per-plane encoding (raw/RLE), byte length
 GRID_HEAD = struct.Struct("<HHHHhhBB")  # rows, cols, cell_h, cell_w, origin_row, origin_col, encoding, classes
 HEARTBEAT = struct.Struct("<fIIIIII8s")  # fps, frames, dropped, errors, maps_sent, maps_skipped, uptime_s, model_id
 COST_SCALE = 10  # cost byte = round(cost * 10) for costs 0..25.3
@@ -146,13 +148,18 @@ class GridMessage:
     encoding: int = ENC_RAW
 
     def payload(self) -> bytes:
+        """Grid head + the shortest of raw planes, one RLE over all three, or each plane coded on its own.
+
+        Per plane wins on big grids: class and cost planes have long runs, the confidence plane rarely does.
+        """
         rows, cols = self.classes.shape
-        planes = b"".join(np.ascontiguousarray(p, np.uint8).tobytes()
-                          for p in (self.classes, self.confidence, self.cost))
-        rle = rle_encode(planes)
-        enc, body = (ENC_RLE, rle) if len(rle) < len(planes) else (ENC_RAW, planes)
-        self.encoding = enc
-        return GRID_HEAD.pack(rows, cols, *self.cell, *self.origin, enc, self.num_classes) + body
+        planes = [np.ascontiguousarray(p, np.uint8).tobytes() for p in (self.classes, self.confidence, self.cost)]
+        raw = b"".join(planes)
+        candidates = [(ENC_RAW, raw), (ENC_RLE, rle_encode(raw))]
+        if rows * cols <= 0xFFFF:  # the plane length field is u16
+            candidates.append((ENC_PLANES, b"".join(_plane_chunk(p) for p in planes)))
+        self.encoding, body = min(candidates, key=lambda c: len(c[1]))
+        return GRID_HEAD.pack(rows, cols, *self.cell, *self.origin, self.encoding, self.num_classes) + body
 
     @classmethod
     def parse(cls, header: Header, payload: bytes) -> GridMessage:
@@ -162,10 +169,41 @@ class GridMessage:
         body, n = payload[GRID_HEAD.size :], rows * cols
         if enc == ENC_RLE:
             body = rle_decode(body, 3 * n)
+        elif enc == ENC_PLANES:
+            body = _split_planes(body, n)
         elif enc != ENC_RAW or len(body) != 3 * n:
             raise ValueError(f"grid body: encoding {enc}, {len(body)} bytes for {rows}x{cols} cells")
         planes = np.frombuffer(body, np.uint8).reshape(3, rows, cols)
         return cls(header, (ch, cw), (orow, ocol), ncls, planes[0].copy(), planes[1].copy(), planes[2].copy(), enc)
+
+
+def _plane_chunk(plane: bytes) -> bytes:
+    """One plane for ENC_PLANES: (encoding, length) + the shorter of raw and RLE."""
+    rle = rle_encode(plane)
+    enc, data = (ENC_RLE, rle) if len(rle) < len(plane) else (ENC_RAW, plane)
+    return PLANE_HEAD.pack(enc, len(data)) + data
+
+
+def _split_planes(body: bytes, n: int) -> bytes:
+    """Inverse of three `_plane_chunk`s: the 3 * n plane bytes; ValueError on any inconsistency."""
+    out, i = bytearray(), 0
+    for k in range(3):
+        if i + PLANE_HEAD.size > len(body):
+            raise ValueError(f"grid plane {k}: head missing ({len(body) - i} bytes left)")
+        enc, length = PLANE_HEAD.unpack_from(body, i)
+        i += PLANE_HEAD.size
+        data = body[i : i + length]
+        if len(data) != length:
+            raise ValueError(f"grid plane {k}: length field {length}, only {len(data)} bytes left")
+        if enc == ENC_RLE:
+            data = rle_decode(data, n)
+        elif enc != ENC_RAW or length != n:
+            raise ValueError(f"grid plane {k}: encoding {enc}, {length} bytes for {n} cells")
+        out += data
+        i += length
+    if i != len(body):
+        raise ValueError(f"grid body: {len(body) - i} bytes after the third plane")
+    return bytes(out)
 
 
 @dataclass

@@ -17,9 +17,8 @@ headers = st.builds(P.Header, type=st.just(P.TYPE_GRID), seq=st.integers(0, 2**3
 def grid_messages(draw, seq=None):
     rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     n = rows * cols
-    runny = draw(st.booleans())  # runs make RLE win; noise makes raw win
-    def plane(hi):
-        if runny:
+    def plane(hi):  # runs make RLE win, noise makes raw win; a mix of both makes per-plane coding win
+        if draw(st.booleans()):
             return np.repeat(np.array(draw(st.lists(st.integers(0, hi), min_size=1, max_size=4)), np.uint8),
                              -(-n // 1))[:n].reshape(rows, cols)
         return np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)), np.uint8).reshape(rows, cols)
@@ -85,6 +84,39 @@ def test_cost_bytes():
 def test_oversized_payload_refused():
     with pytest.raises(P.ProtocolError, match="exceeds"):
         P.pack(P.Header(1, 0, 0, 0), bytes(P.MAX_PAYLOAD + 1))
+
+
+def _grid(classes, confidence, cost):
+    return P.GridMessage(P.Header(P.TYPE_GRID, 1, 2, 3), (16, 16), (0, 0), 5, classes, confidence, cost)
+
+
+def test_each_encoding_is_chosen_when_shortest_and_decodes():
+    rng = np.random.default_rng(0)
+    flat = np.zeros((30, 40), np.uint8)
+    noise = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    for planes, enc in (((noise, noise, noise), P.ENC_RAW), ((flat, flat, flat), P.ENC_RLE),
+                        ((flat + 1, noise, flat + 10), P.ENC_PLANES)):
+        msg = _grid(*planes)
+        payload = msg.payload()
+        assert msg.encoding == enc
+        same(msg, P.GridMessage.parse(msg.header, payload))
+    # a map with flat class/cost planes and a noisy confidence plane: 40% of raw, where one RLE is longer than raw
+    assert len(payload) - P.GRID_HEAD.size < 0.4 * 3 * flat.size < len(P.rle_encode(b"".join(
+        p.tobytes() for p in planes)))
+
+
+@pytest.mark.parametrize("body, problem", [
+    (P.PLANE_HEAD.pack(P.ENC_RAW, 6) + bytes(6), "head missing"),
+    (P.PLANE_HEAD.pack(P.ENC_RAW, 7) + bytes(6), "only 6 bytes left"),
+    (P.PLANE_HEAD.pack(P.ENC_RAW, 5) + bytes(5), "5 bytes for 6 cells"),
+    (P.PLANE_HEAD.pack(3, 6) + bytes(6), "encoding 3"),
+    ((P.PLANE_HEAD.pack(P.ENC_RLE, 2) + bytes([6, 1])) * 3 + b"x", "1 bytes after the third plane"),
+    (P.PLANE_HEAD.pack(P.ENC_RLE, 2) + bytes([5, 1]), "expands to 5 bytes"),
+])
+def test_malformed_per_plane_body_is_refused(body, problem):
+    payload = P.GRID_HEAD.pack(2, 3, 16, 16, 0, 0, P.ENC_PLANES, 5) + body
+    with pytest.raises(ValueError, match=problem):
+        P.GridMessage.parse(P.Header(P.TYPE_GRID, 0, 0, 0), payload)
 
 
 def _stream(n, seed=0):
