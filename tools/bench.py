@@ -122,13 +122,17 @@ def serial_bench(model: Path, work: Path) -> list[dict]:
     rows = []
     for shape in ((128, 128), (480, 640), (1024, 1024)):
         folder = work / f"frames_{shape[0]}x{shape[1]}"
+        if not folder.is_dir():
+            make_frames(folder, shape, 10)
+        segmented = []  # copies: the segmenter reuses its output buffers per frame
+        for f in sorted(folder.glob("*.png"))[:10]:
+            s = seg(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE))
+            segmented.append((f.stem, s.mask.copy(), s.confidence.copy()))
         for cell in (8, 16, 32):
             sizes, cells = [], None
-            for f in sorted(folder.glob("*.png"))[:10]:
-                gray = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-                s = seg(gray)
-                g = terrain_grid(s.mask, s.confidence, (cell, cell), table)
-                msg = grid_message(g, 1, Frame(f.stem, 0, time.time(), None), m.meta.num_classes)
+            for name, mask, confidence in segmented:
+                g = terrain_grid(mask, confidence, (cell, cell), table)
+                msg = grid_message(g, 1, Frame(name, 0, time.time(), None), m.meta.num_classes)
                 sizes.append(P.wire_size(len(msg.payload())))
                 cells = g.shape
             mean = float(np.mean(sizes))
@@ -203,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(default: the bundled int8 model; float32 from bench/models)")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--quick", action="store_true", help="shorter runs (smoke check)")
+    p.add_argument("--serial-only", action="store_true",
+                   help="only the serial map sizes (they depend on the model, not on CPU load)")
     a = p.parse_args(argv)
     secs, frames = (0.5, 4) if a.quick else (4.0, 30)
     int8 = a.export_dir / "model_int8.tflite" if a.export_dir else bundled("model_int8.tflite")
@@ -215,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     result["model"] = {"file": str(int8), "sha256": meta.model_sha256, "run_id": meta.run_id,
                        "macs_per_tile": meta.train_metrics.get("macs_per_tile"), "bytes_int8": int8.stat().st_size,
                        "bytes_float32": float32.stat().st_size if float32.is_file() else None}
+    if a.serial_only:
+        say("serial link (real maps, 8N1 arithmetic: baud / 10 bytes per second)")
+        with tempfile.TemporaryDirectory() as tmp:
+            result["serial"] = serial_bench(int8, Path(tmp))
+        return write_result(result, a.output, "-serial")
     say("interpreter only")
     models = [int8] + ([float32] if float32.is_file() else [])
     result["interpreter"] = [interpreter_bench(m, b, t, secs) for m in models for b in (1, 16) for t in (1, 2)]
@@ -234,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['compute']['int8_share_of_float_peak']:.0%} of it)")
     say("training")
     result["training"] = training_bench(3 if a.quick else 10)
-    a.output.mkdir(parents=True, exist_ok=True)
-    path = a.output / f"{result['host']}-{time.strftime('%Y%m%d')}.json"
+    return write_result(result, a.output)
+
+
+def write_result(result: dict, folder: Path, suffix: str = "") -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result['host']}-{time.strftime('%Y%m%d')}{suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=2))
     say(f"wrote {path}")
     return 0
