@@ -116,6 +116,7 @@ def serial_bench(model: Path, work: Path) -> list[dict]:
     from marsseg.edge.sources import Frame
     from marsseg.edge.terrain import CostTable, terrain_grid
 
+    say("serial link (real maps, 8N1 arithmetic: baud / 10 bytes per second)")
     m = TileModel(model)
     seg = Segmenter(m)
     table = CostTable(tuple(m.meta.costs()))
@@ -222,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
                        "macs_per_tile": meta.train_metrics.get("macs_per_tile"), "bytes_int8": int8.stat().st_size,
                        "bytes_float32": float32.stat().st_size if float32.is_file() else None}
     if a.serial_only:
-        say("serial link (real maps, 8N1 arithmetic: baud / 10 bytes per second)")
         with tempfile.TemporaryDirectory() as tmp:
             result["serial"] = serial_bench(int8, Path(tmp))
         return write_result(result, a.output, "-serial")
@@ -232,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     say("end to end (marsseg-edge on PNG frames)")
     with tempfile.TemporaryDirectory() as tmp:
         result["edge"] = [edge_bench(int8, s, frames, Path(tmp)) for s in ((128, 128), (480, 640), (1024, 1024))]
-        say("serial link (real maps, 8N1 arithmetic: baud / 10 bytes per second)")
         result["serial"] = serial_bench(int8, Path(tmp))
     say("compute")
     peak = matmul_peak(1.0 if a.quick else 3.0)
