@@ -113,6 +113,19 @@ def test_random_tiles_are_crops_of_their_frames():
         assert found
 
 
+def test_photometric_is_a_monotone_exposure_change_per_tile():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(16, 64, 128), dtype=np.uint8)
+    assert np.array_equal(D.photometric(x, rng, 0.0), x)  # strength 0: identity
+    out = D.photometric(x, rng, 0.3)
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    for tile_in, tile_out in zip(x, out, strict=True):
+        order = np.argsort(tile_in, axis=None, kind="stable")
+        assert (np.diff(tile_out.ravel()[order].astype(int)) >= 0).all()  # brighter stays brighter
+    means = out.reshape(16, -1).mean(axis=1)
+    assert means.std() > 5  # tiles get different exposures, not one shared change
+
+
 def test_class_weights_cap_and_background():
     masks = np.zeros((1, 10, 100), np.uint8)
     masks[0, :, :50] = 1

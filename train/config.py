@@ -36,6 +36,7 @@ class TrainConfig:
     tiles_per_frame: int = 1  # random vertical crops per frame per epoch
     hflip: bool = True
     vflip: bool = False
+    photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (see data.photometric)
     limit_frames: int = 0  # >0: use only this many frames (smoke tests)
     outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
     # optimisation

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainTiles(keras.utils.PyDataset):
-    """Fresh random crops and flips every epoch, batched as (float input, int labels)."""
+    """Fresh random crops, flips (and exposure changes) every epoch, batched as (float input, int labels)."""
 
     def __init__(self, ds: D.Dataset, cfg: TrainConfig) -> None:
         super().__init__()
@@ -34,6 +34,8 @@ class TrainTiles(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         x, y = D.random_tiles(self.ds, self.rng, self.cfg.tiles_per_frame, self.cfg.hflip, self.cfg.vflip)
+        if self.cfg.photometric > 0:
+            x = D.photometric(x, self.rng, self.cfg.photometric)
         order = self.rng.permutation(len(x))
         self.x, self.y = x[order], y[order]
 
