@@ -54,6 +54,7 @@ eval: setup                     ## frame-level evaluation of the bundled int8 mo
 
 bench: setup                    ## benchmarks -> bench/results/<host>-<date>.json
 	$(BIN)/python -m tools.bench --output bench/results
+	$(BIN)/python -m tools.conv_bench --output bench/results
 
 board-check: setup              ## aarch64 (Pi 4) check under qemu: edge suite + int8 agreement with x86 (root)
 	bash tools/board_check.sh

@@ -31,6 +31,8 @@ from marsseg.edge.io import write_text_atomic
 from marsseg.edge.model import TileModel
 
 REPO = Path(__file__).resolve().parents[1]
+# x86 and Arm flags that matter for int8/float32 inference kernels
+SIMD_FLAGS = {"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm"}
 
 
 def say(msg: str) -> None:
@@ -191,14 +193,27 @@ def training_bench(steps: int) -> dict:
     return out
 
 
-def cpu_name() -> str:
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and the SIMD flags that decide int8 speed (dot-product instructions or not)."""
+    name, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
     except OSError:
         pass
-    return platform.processor()
+    return name, sorted(flags & SIMD_FLAGS)
+
+
+def base_result() -> dict:
+    """Host, date and machine description that every benchmark JSON starts with."""
+    name, simd = cpu_info()
+    return {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": {"cpu": name, "simd": simd, "cores": os.cpu_count(), "arch": platform.machine(),
+                        "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     secs, frames = (0.5, 4) if a.quick else (4.0, 30)
     int8 = a.export_dir / "model_int8.tflite" if a.export_dir else bundled("model_int8.tflite")
     float32 = (a.export_dir or REPO / "bench" / "models") / "model_float32.tflite"
-    result: dict = {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "arch": platform.machine(),
-                                "python": platform.python_version(), "numpy": np.__version__,
-                                "opencv": cv2.__version__}}
+    result = base_result()
     meta = TileModel(int8).meta
     result["model"] = {"file": str(int8), "sha256": meta.model_sha256, "run_id": meta.run_id,
                        "macs_per_tile": meta.train_metrics.get("macs_per_tile"), "bytes_int8": int8.stat().st_size,
