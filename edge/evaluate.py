@@ -3,11 +3,13 @@
 Runs the exact runtime path over a frames file (`frames`, `masks`, optional `names`) and reports mean IoU
 (background-truth pixels ignored, classes 1..4), per-class IoU and the confusion matrix, for each overlap
 asked. Overlap 0 on 128x128 frames is plain tile-level inference (two 64x128 tiles per frame, no
-blending); larger overlaps blend overlapping tiles.
+blending); larger overlaps blend overlapping tiles. `--exposure` repeats the first overlap on the same frames
+darkened, brightened and flattened, to show how much a change of camera exposure costs.
 
 Examples:
   marsseg-eval ../shared/data/ai4mars-frames-128.npz --names runs/default/split.json --output out/eval
   marsseg-eval clip.npz --model model_int8.tflite --overlap 0 0.25 0.5
+  marsseg-eval clip.npz --overlap 0 --exposure
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import encode_png
+from marsseg.edge.spec import exposure_lut
 from marsseg.edge.terrain import CostTable, terrain_grid
 
 log = logging.getLogger("marsseg.eval")
@@ -72,6 +75,10 @@ def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
                         (255, 255, 255) if v > 0.6 else (0, 0, 0), 1, cv2.LINE_AA)
     return encode_png(img)
 
+
+# (gamma, gain, offset) of `spec.exposure_lut`: an under-exposed, an over-exposed and a hazy, low-contrast camera
+EXPOSURES: dict[str, tuple[float, float, float]] = {
+    "dark": (1.25, 0.8, 0.0), "bright": (0.8, 1.25, 0.0), "low-contrast": (1.0, 0.7, 0.1)}
 
 CELL_KINDS = ("unlabelled", "right", "wrong")  # the codes 0, 1, 2 of `kind` below
 
@@ -125,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell", type=int, default=16, help="terrain grid cell (pixels) for the --min-confidence study")
     p.add_argument("--min-confidence", type=float, nargs="*", default=[0.6, 0.7, 0.8],
                    help="thresholds to report: share of unlabelled / right / wrong cells each would flag")
+    p.add_argument("--exposure", nargs="*", choices=sorted(EXPOSURES), metavar="CHANGE",
+                   help=f"also evaluate under these exposure changes (none named: all of {', '.join(EXPOSURES)})")
     a = p.parse_args(argv)
+    exposures = (a.exposure or list(EXPOSURES)) if a.exposure is not None else []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from marsseg.edge.cli import bundled
 
@@ -133,13 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
         frames, masks, _ = load_frames(a.data, a.names)
         results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence)) for o in a.overlap]
+        for name in exposures:
+            r = evaluate(model, exposure_lut(*EXPOSURES[name])[frames], masks, a.overlap[0], a.cell)
+            results.append({"exposure": dict(zip(("name", "gamma", "gain", "offset"), (name, *EXPOSURES[name]),
+                                                 strict=True)), **r})
     except (ModelError, ValueError, OSError) as e:
         print(f"marsseg-eval: error: {e}", file=sys.stderr)
         return 2
     report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "data": str(a.data),
               "frames": len(frames), "results": results}
     for r in results:
-        print(f"overlap {r['overlap']:.2f}: mean IoU {r['mean_iou']:.4f} | " +
+        change = f" ({r['exposure']['name']} exposure)" if "exposure" in r else ""
+        print(f"overlap {r['overlap']:.2f}{change}: mean IoU {r['mean_iou']:.4f} | " +
               " ".join(f"{k} {v:.3f}" for k, v in r["per_class_iou"].items()) +
               f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame")
         for t, f in r["min_confidence"]["flagged_share"].items():
@@ -148,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.output:
         write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
         for r in results:
+            if "exposure" in r:
+                continue
             write_bytes_atomic(a.output / f"confusion_overlap{r['overlap']:.2f}.png",
                                confusion_png(np.array(r["confusion_matrix"]), model.meta.class_names,
                                              f"overlap {r['overlap']:.2f}: mIoU {r['mean_iou']:.3f}"))

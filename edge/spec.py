@@ -48,3 +48,14 @@ def preprocess(tiles: np.ndarray) -> np.ndarray:
         raise TypeError(f"preprocess expects uint8 pixels, got {tiles.dtype}; convert images to uint8 first")
     out = tiles.astype(np.float32) * np.float32(INPUT_SCALE) + np.float32(INPUT_OFFSET)
     return out[..., None]
+
+
+def exposure_lut(gamma: np.ndarray | float, gain: np.ndarray | float, offset: np.ndarray | float) -> np.ndarray:
+    """uint8 lookup tables (..., 256) for a change of exposure: clip(((v/255) ** gamma * gain + offset) * 255).
+
+    Shared by training's photometric augmentation and `marsseg-eval --exposure`, so the robustness figure
+    measures the same kind of change the model was trained against. Arguments broadcast (one table per element).
+    """
+    v = np.linspace(0.0, 1.0, 256)
+    g, k, o = (np.asarray(a, np.float64)[..., None] for a in (gamma, gain, offset))
+    return np.clip(np.rint((v**g * k + o) * 255), 0, 255).astype(np.uint8)

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from marsseg.edge.evaluate import main
 
 from tests.conftest import TINY_MODEL, synthetic_frames
@@ -36,3 +37,30 @@ def test_eval_bad_file(tmp_path, capsys):
     np.savez(bad, images=np.zeros(3))
     assert main([str(bad), "--model", str(TINY_MODEL)]) == 2
     assert "expected an .npz with 'frames' and 'masks'" in capsys.readouterr().err
+
+
+def test_eval_exposure_changes(tmp_path, capsys):
+    frames, masks = synthetic_frames(n=3)
+    data = tmp_path / "clip.npz"
+    np.savez(data, frames=frames, masks=masks)
+    assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0", "--exposure",
+                 "--output", str(tmp_path / "ev")]) == 0
+    results = json.loads((tmp_path / "ev" / "eval.json").read_text())["results"]
+    assert "exposure" not in results[0]
+    assert [r["exposure"]["name"] for r in results[1:]] == ["dark", "bright", "low-contrast"]
+    for r in results:
+        assert np.array(r["confusion_matrix"]).sum() == 3 * 128 * 128
+    assert "overlap 0.00 (dark exposure): mean IoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # an unknown change is a usage error naming the valid ones
+        main([str(data), "--model", str(TINY_MODEL), "--exposure", "sunny"])
+    assert e.value.code == 2 and "choose from 'bright', 'dark', 'low-contrast'" in capsys.readouterr().err
+
+
+def test_exposure_lut():
+    from marsseg.edge.spec import exposure_lut
+
+    assert np.array_equal(exposure_lut(1.0, 1.0, 0.0), np.arange(256, dtype=np.uint8))
+    dark, bright = exposure_lut(np.array([1.25, 0.8]), np.array([0.8, 1.25]), 0.0)
+    assert (np.diff(dark.astype(int)) >= 0).all() and (np.diff(bright.astype(int)) >= 0).all()
+    assert (dark <= np.arange(256)).all() and (bright >= np.arange(256)).all()
+    assert exposure_lut(1.0, 0.5, 0.6)[0] == 153 and exposure_lut(1.0, 1.0, 0.5)[255] == 255  # offset, clipping

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE
+from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE, exposure_lut
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +241,10 @@ def random_tiles(
 def photometric(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Random exposure per tile (gamma, gain, offset), so the model does not learn one camera's lighting.
 
-    gamma and gain are exp(U(-s, s)), the offset U(-s/2, s/2) of full scale; applied as one 256-entry lookup
-    table per tile on the uint8 tiles, before the shared preprocessing, as a different exposure would be.
+    gamma and gain are exp(U(-s, s)), the offset U(-s/2, s/2) of full scale; applied as one lookup table per
+    tile (`spec.exposure_lut`) to the uint8 tiles, before the shared preprocessing, as a real exposure change is.
     """
     n = len(x)
-    gamma, gain = np.exp(rng.uniform(-strength, strength, size=(2, n, 1)))
-    offset = rng.uniform(-strength / 2, strength / 2, size=(n, 1))
-    levels = np.linspace(0.0, 1.0, 256)[None, :]
-    lut = np.clip(np.rint((levels**gamma * gain + offset) * 255), 0, 255).astype(np.uint8)
+    gamma, gain = np.exp(rng.uniform(-strength, strength, size=(2, n)))
+    lut = exposure_lut(gamma, gain, rng.uniform(-strength / 2, strength / 2, size=n))
     return lut[np.arange(n)[:, None, None], x]
