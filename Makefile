@@ -2,6 +2,7 @@
 PY        ?= python3
 VENV      ?= .venv
 EDGE_VENV ?= .venv-edge
+JAX_VENV  ?= .venv-jax
 DATA      ?= ../shared/data/ai4mars-frames-128.npz
 RUNS      ?= runs
 CONFIG    ?= train/configs/default.json
@@ -13,7 +14,7 @@ EDGE_BIN := $(EDGE_VENV)/bin
 export MARSSEG_DATA ?= $(DATA)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-edge test lint train export calibration demo eval bench board-check clean
+.PHONY: setup setup-edge test lint train export calibration demo eval bench board-check check-jax clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +40,14 @@ lint: setup
 
 train: setup                    ## train the default dual U-Net on $(DATA)
 	$(BIN)/marsseg-train --config $(CONFIG) --data $(DATA) --out-dir $(RUNS)
+
+check-jax:                      ## one short epoch of every committed config on Keras' JAX backend (no TensorFlow)
+	$(PY) -m venv $(JAX_VENV)
+	$(JAX_VENV)/bin/pip install -q -e ".[jax]"
+	for cfg in train/configs/*.json; do \
+	  KERAS_BACKEND=jax $(JAX_VENV)/bin/marsseg-train --config $$cfg --data $(DATA) --out-dir $(OUT)/jax \
+	    --run-name jax-$$(basename $$cfg .json) --limit-frames 64 --epochs 1 --batch-size 8 || exit 1; \
+	done
 
 calibration: setup              ## regenerate calibration_data/ from the training frames
 	$(BIN)/marsseg-export calibrate --data $(DATA) --out calibration_data/calibration_tiles.npz
