@@ -143,17 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
         frames, masks, _ = load_frames(a.data, a.names)
         results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence)) for o in a.overlap]
-        for name in exposures:
-            r = evaluate(model, exposure_lut(*EXPOSURES[name])[frames], masks, a.overlap[0], a.cell)
-            results.append({"exposure": dict(zip(("name", "gamma", "gain", "offset"), (name, *EXPOSURES[name]),
-                                                 strict=True)), **r})
+        changed = [{"exposure": name, **dict(zip(("gamma", "gain", "offset"), EXPOSURES[name], strict=True)),
+                    **evaluate(model, exposure_lut(*EXPOSURES[name])[frames], masks, a.overlap[0], a.cell)}
+                   for name in exposures]
     except (ModelError, ValueError, OSError) as e:
         print(f"marsseg-eval: error: {e}", file=sys.stderr)
         return 2
     report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "data": str(a.data),
-              "frames": len(frames), "results": results}
-    for r in results:
-        change = f" ({r['exposure']['name']} exposure)" if "exposure" in r else ""
+              "frames": len(frames), "results": results, "exposure": changed}
+    for r in results + changed:
+        change = f" ({r['exposure']} exposure)" if "exposure" in r else ""
         print(f"overlap {r['overlap']:.2f}{change}: mean IoU {r['mean_iou']:.4f} | " +
               " ".join(f"{k} {v:.3f}" for k, v in r["per_class_iou"].items()) +
               f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame")
@@ -163,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.output:
         write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
         for r in results:
-            if "exposure" in r:
-                continue
             write_bytes_atomic(a.output / f"confusion_overlap{r['overlap']:.2f}.png",
                                confusion_png(np.array(r["confusion_matrix"]), model.meta.class_names,
                                              f"overlap {r['overlap']:.2f}: mIoU {r['mean_iou']:.3f}"))

@@ -45,10 +45,10 @@ def test_eval_exposure_changes(tmp_path, capsys):
     np.savez(data, frames=frames, masks=masks)
     assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0", "--exposure",
                  "--output", str(tmp_path / "ev")]) == 0
-    results = json.loads((tmp_path / "ev" / "eval.json").read_text())["results"]
-    assert "exposure" not in results[0]
-    assert [r["exposure"]["name"] for r in results[1:]] == ["dark", "bright", "low-contrast"]
-    for r in results:
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert [r["overlap"] for r in report["results"]] == [0.0]  # the unchanged frames stay alone in "results"
+    assert [r["exposure"] for r in report["exposure"]] == ["dark", "bright", "low-contrast"]
+    for r in report["results"] + report["exposure"]:
         assert np.array(r["confusion_matrix"]).sum() == 3 * 128 * 128
     assert "overlap 0.00 (dark exposure): mean IoU" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:  # an unknown change is a usage error naming the valid ones
