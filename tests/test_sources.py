@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def test_live_source_newest_wins_and_reconnects(monkeypatch):
             got.append(frame)
             if len(got) >= 20 and src.stats.reconnects >= 2:
                 break
+            time.sleep(0.005)  # a slow consumer: the capture thread must replace frames it has not taken
     finally:
         src.close()
     assert src.stats.read_errors >= 1 and src.stats.reconnects >= 2  # lost, failed reopen, reopened
