@@ -44,3 +44,16 @@ def test_lineage_names_a_missing_parent_run(tmp_path, monkeypatch):
     _leg(tmp_path / "runs", "b", init_from="runs/gone/model.keras")
     with pytest.raises(FileNotFoundError, match="runs/gone is not a finished run folder"):
         make_assets.lineage(tmp_path / "runs" / "b")
+
+
+def test_card_quotes_frame_level_and_exposure_figures_from_the_runs_eval(tmp_path):
+    run = tmp_path / "run"
+    assert "not evaluated" in make_assets.frame_level(run)
+    (run / "eval").mkdir(parents=True)
+    result = {"overlap": 0.0, "mean_iou": 0.61234}
+    report = {"frames": 7, "results": [result, {"overlap": 0.25, "mean_iou": 0.65}],
+              "exposure": [{**result, "exposure": "dark", "gamma": 1.25, "gain": 0.8, "offset": 0.0, "mean_iou": 0.5}]}
+    (run / "eval" / "eval.json").write_text(json.dumps(report))
+    text = make_assets.frame_level(run)
+    assert "7 validation frames): overlap 0 0.6123, overlap 0.25 0.6500." in text
+    assert "dark (gamma 1.25, gain 0.8, offset +0) 0.5000" in text

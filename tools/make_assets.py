@@ -61,6 +61,21 @@ def train_command(cfg: dict) -> str:
                      f"--run-name {cfg['run_name']}", *sets])
 
 
+def frame_level(run: Path) -> str:
+    """Card lines from `marsseg-eval … --output <run>/eval` (frame level, exposure changes), when it was run."""
+    path = run / "eval" / "eval.json"
+    if not path.is_file():
+        return "  Frame level: not evaluated (`marsseg-eval … --output <run>/eval`).\n"
+    ev = json.loads(path.read_text())
+    lines = [f"  Frame level (`marsseg-eval`, int8, {ev['frames']} validation frames): " + ", ".join(
+        f"overlap {r['overlap']:g} {r['mean_iou']:.4f}" for r in ev["results"])]
+    if ev.get("exposure"):
+        lines.append("  Under exposure changes (overlap {:g}): ".format(ev["exposure"][0]["overlap"]) + ", ".join(
+            f"{r['exposure']} (gamma {r['gamma']:g}, gain {r['gain']:g}, offset {r['offset']:+g}) {r['mean_iou']:.4f}"
+            for r in ev["exposure"]))
+    return ".\n".join(lines) + ".\n"
+
+
 def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     r = {x["name"]: x for x in export["results"]}
     names = ("keras_float32", "tflite_float32", "tflite_int8")
@@ -75,6 +90,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
         f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
     commands = "\n".join(f"  {train_command(c)}" for _, c, _ in chain)
     gmac = metrics["macs_per_tile"] / 1e9
+    eval_cmd = (f"marsseg-eval ai4mars-frames-128.npz --model runs/{run.name}/export/model_int8.tflite "
+                f"--names runs/{run.name}/split.json --overlap 0 0.25 --exposure --output runs/{run.name}/eval")
     return f"""# Model card: bundled default marsseg model
 
 - **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
@@ -103,10 +120,11 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
   int8 − float Keras: {-export['int8_drop_points']:+.2f} mean-IoU points (the export gate allows a drop of at most
   {export['budget_points']}).
   Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
-- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
+{frame_level(run)}- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
   ```
 {commands}
   marsseg-export --model runs/{run.name}/model.keras
+  {eval_cmd}
   python -m tools.make_assets --run runs/{run.name}
   ```
 - **Made**: {time.strftime('%Y-%m-%d')}.
