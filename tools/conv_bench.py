@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.interpreter import make_interpreter, resize_batch
+from marsseg.edge.interpreter import input_info, make_interpreter, resize_batch, set_input
 
 from tools.bench import REPO, base_result, say, write_result
 
@@ -54,8 +54,8 @@ def time_invoke(blob: bytes, work: Path, reps: int) -> float:
     path.write_bytes(blob)
     interp = make_interpreter(path, num_threads=2)
     resize_batch(interp, BATCH)
-    d = interp.get_input_details()[0]
-    interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    info = input_info(interp)
+    set_input(interp, np.zeros(info.shape, info.dtype))
     interp.invoke()
     times = []
     for _ in range(reps):
