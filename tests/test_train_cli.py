@@ -48,6 +48,24 @@ def test_train_cli_unknown_key(frames_file, capsys):
     assert "unknown config keys" in capsys.readouterr().err
 
 
+def test_train_cli_unknown_schedule(frames_file, capsys):
+    assert main(["--data", str(frames_file), "--set", 'schedule="cosine-annealing"']) == 2
+    assert "schedule must be one of" in capsys.readouterr().err
+
+
+def test_cosine_schedule_anneals_once_from_learning_rate_to_min_lr():
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import learning_rate_schedule
+
+    cfg = TrainConfig(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=4)
+    lr = learning_rate_schedule(cfg, steps_per_epoch=10)
+    at = [float(lr(step)) for step in (0, 20, 40, 60)]
+    assert at[0] == pytest.approx(2e-4)
+    assert at[1] == pytest.approx((1e-5 + 2e-4) / 2, rel=1e-4)  # half way down the cosine
+    assert at[2] == pytest.approx(1e-5) and at[3] == pytest.approx(1e-5)  # stays at the floor, no restart
+    assert learning_rate_schedule(TrainConfig(learning_rate=3e-4), 10) == 3e-4  # plateau: a constant
+
+
 def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
     from types import SimpleNamespace
 

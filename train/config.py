@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+SCHEDULES = ("plateau", "cosine", "cosine_restarts")
+
 
 @dataclass
 class TrainConfig:
@@ -43,7 +45,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
-    schedule: str = "plateau"  # plateau | cosine_restarts
+    schedule: str = "plateau"  # plateau | cosine (one anneal over `epochs`) | cosine_restarts
     ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
     time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
@@ -52,6 +54,10 @@ class TrainConfig:
     min_lr: float = 1e-5
     predictions_to_plot: int = 8
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -191,6 +191,20 @@ def device_scope():
     yield
 
 
+def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.CosineDecay:
+    """The optimizer's learning rate: a constant for `plateau` (a callback halves it), else a per-step schedule.
+
+    `cosine` anneals once from `learning_rate` to `min_lr` over `epochs`, so a fine-tuning leg ends at a low rate
+    instead of stopping on whichever noisy epoch the time budget lands on; `cosine_restarts` restarts every 10 epochs.
+    """
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps_per_epoch * cfg.epochs,
+                                                      alpha=min(cfg.min_lr / cfg.learning_rate, 1.0))
+    if cfg.schedule == "cosine_restarts":
+        return keras.optimizers.schedules.CosineDecayRestarts(cfg.learning_rate, first_decay_steps=steps_per_epoch * 10)
+    return cfg.learning_rate
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train one model; returns the run folder."""
     from marsseg.train import report
@@ -220,11 +234,9 @@ def train(cfg: TrainConfig) -> Path:
             start = keras.saving.load_model(cfg.init_from, compile=False)
             model.set_weights(start.get_weights())
             log.info("starting from the weights of %s", cfg.init_from)
-        lr = cfg.learning_rate
         steps = math.ceil(len(train_ds) * cfg.tiles_per_frame / cfg.batch_size)
-        if cfg.schedule == "cosine_restarts":
-            lr = keras.optimizers.schedules.CosineDecayRestarts(cfg.learning_rate, first_decay_steps=steps * 10)
-        optimizer = keras.optimizers.Adam(lr, use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(cfg, steps), use_ema=cfg.ema > 0,
+                                          ema_momentum=cfg.ema or 0.99)
         model.compile(optimizer=optimizer, loss=loss_fn)
     macs = count_macs(model)
     log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
