@@ -8,13 +8,14 @@ import pytest
 pytest.importorskip("keras")
 
 from marsseg.train.cli import main
+from marsseg.train.prior import main as adjust_main
 
 TINY = ["--set", "fine_widths=[4,8,8]", "--set", "bottleneck=8", "--set", "coarse_widths=[8,8]",
         "--set", "coarse_bottleneck=8"]
 
 
 @pytest.mark.slow
-def test_train_cli_writes_run_folder(frames_file, tmp_path):
+def test_train_cli_writes_run_folder(frames_file, tmp_path, capsys):
     rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
                "--run-name", "smoke", *TINY])
     assert rc == 0
@@ -26,6 +27,7 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
     assert 0.0 <= metrics["mean_iou"] <= 1.0
     assert set(metrics["per_class_iou"]) == {"soil", "bedrock", "sand", "big_rock"}
     assert np.array(metrics["confusion_matrix"]).shape == (5, 5)
+    assert len(metrics["logit_adjustment"]["bias"]) == 5  # on by default
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["fine_widths"] == [4, 8, 8] and cfg["epochs"] == 1
     split = json.loads((run / "split.json").read_text())
@@ -33,9 +35,21 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
 
     # continue from that model (how a CPU run is extended in a later session)
     rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
-               "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", *TINY])
+               "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", "--set", "logit_adjust=false",
+               *TINY])
     assert rc == 0
-    assert json.loads((tmp_path / "continued" / "config.json").read_text())["init_from"].endswith("model.keras")
+    continued = tmp_path / "continued"
+    assert json.loads((continued / "config.json").read_text())["init_from"].endswith("model.keras")
+    unadjusted = json.loads((continued / "metrics.json").read_text())
+    assert "logit_adjustment" not in unadjusted
+
+    # adjust that finished run afterwards (the split is rebuilt from its config); a second adjustment is refused
+    assert adjust_main([str(continued), "--sample", "8"]) == 0
+    adjusted = json.loads((continued / "metrics.json").read_text())
+    assert adjusted["logit_adjustment"]["val_miou_before"] == round(unadjusted["mean_iou"], 4)
+    assert adjusted["epochs_run"] == unadjusted["epochs_run"]  # the training record is kept
+    assert adjust_main([str(continued)]) == 2
+    assert "already adjusted" in capsys.readouterr().err
 
 
 def test_train_cli_bad_data_exits_2(tmp_path, capsys):

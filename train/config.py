@@ -32,6 +32,7 @@ class TrainConfig:
     rare_cap: float = 10.0  # cap on any class weight (big rock would be ~150 uncapped)
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
+    logit_adjust: bool = True  # after training, fold per-class logit offsets chosen on training tiles (prior.py)
     # data
     val_fraction: float = 0.2
     seed: int = 42

@@ -15,12 +15,14 @@ from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
 from marsseg.train import data as D
+from marsseg.train import prior
 from marsseg.train.config import TrainConfig
 from marsseg.train.losses import make_loss
 from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
 
 log = logging.getLogger(__name__)
+ADJUST_TILES = 2400  # training tiles the logit adjustment is chosen on (~1 min of CPU inference)
 
 
 class TrainTiles(keras.utils.PyDataset):
@@ -270,25 +272,36 @@ def train(cfg: TrainConfig) -> Path:
         raise RuntimeError("training stopped before the first epoch finished; no model was saved")
 
     best = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    pred, _ = predict_classes(best, val_x, cfg.batch_size)
-    cm = confusion_matrix(val_y, pred)
-    s = scores(cm)
+    adjusted = {}
+    if cfg.logit_adjust:
+        train_x, train_y = D.fixed_tiles(train_ds)
+        adjusted = {"logit_adjustment": {**prior.adjust(best, train_x, train_y, ADJUST_TILES, cfg.seed),
+                                         "val_miou_before": round(float(ckpt.best), 4)}}
+        write_atomic(run_dir / "model.keras", lambda p: best.save(p))
     metrics = {
-        "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **s.as_dict(),
-        "confusion_matrix": cm.tolist(), "class_names": list(CLASS_NAMES),
+        "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **evaluate_run(best, val_x, val_y, cfg, run_dir),
         "best_epoch": ckpt.best_epoch, "epochs_run": epochs_run, "interrupted": interrupted,
         "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs_run, 1), 1),
         "parameters": int(best.count_params()), "macs_per_tile": int(macs),
         "class_weights": weights.tolist(), "train_frames": len(train_ds), "val_frames": len(val_ds),
-        "val_tiles": len(val_x), "backend": keras.backend.backend(),
+        "val_tiles": len(val_x), "backend": keras.backend.backend(), **adjusted,
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if (run_dir / "history.csv").exists():
         report.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, metrics["mean_iou"],
+             ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_class_iou"].items()), wall)
+    return run_dir
+
+
+def evaluate_run(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, run_dir: Path) -> dict:
+    """Validation scores + confusion matrix of the model a run ships, with its confusion and prediction plots."""
+    from marsseg.train import report
+
+    pred, _ = predict_classes(model, val_x, cfg.batch_size)
+    cm = confusion_matrix(val_y, pred)
     report.plot_confusion(cm, run_dir / "confusion.png")
     k = min(cfg.predictions_to_plot, len(val_x))
     pick = np.random.default_rng(0).choice(len(val_x), size=k, replace=False)
     report.plot_predictions(val_x[pick], val_y[pick], pred[pick], run_dir / "predictions.png")
-    log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, s.mean_iou,
-             ", ".join(f"{k} {v:.3f}" for k, v in s.per_class_iou.items()), wall)
-    return run_dir
+    return {**scores(cm).as_dict(), "confusion_matrix": cm.tolist(), "class_names": list(CLASS_NAMES)}
