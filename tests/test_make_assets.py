@@ -57,3 +57,22 @@ def test_card_quotes_frame_level_and_exposure_figures_from_the_runs_eval(tmp_pat
     text = make_assets.frame_level(run)
     assert "7 validation frames): overlap 0 0.6123, overlap 0.25 0.6500." in text
     assert "dark (gamma 1.25, gain 0.8, offset +0) 0.5000" in text
+
+
+def test_a_config_from_before_logit_adjustment_is_rebuilt_without_it(monkeypatch):
+    legacy = dataclasses.asdict(TrainConfig(data="frames.npz", run_name="old"))
+    del legacy["logit_adjust"]  # configs saved before the option existed
+    monkeypatch.chdir(make_assets.ROOT)
+    got = build_config(parse_args(shlex.split(make_assets.train_command(legacy))[1:]))
+    assert got.logit_adjust is False
+
+
+def test_card_says_how_the_logit_adjustment_was_made(tmp_path):
+    a = {"bias": [0.0, 0.6, 1.6, 0.0, -0.4], "train_tiles": 2400, "train_miou_before": 0.7066,
+         "train_miou_after": 0.7529, "val_miou_before": 0.6781}
+    run = tmp_path / "v8a"
+    line, cmd = make_assets.adjustment(run, {"logit_adjust": False}, {"mean_iou": 0.7021, "logit_adjustment": a})
+    assert "validation float mean IoU 0.6781 → 0.7021" in line and "[0.0, 0.6, 1.6, 0.0, -0.4]" in line
+    assert cmd.strip() == "marsseg-adjust runs/v8a"  # adjusted after training
+    assert make_assets.adjustment(run, {"logit_adjust": True}, {"mean_iou": 0.7, "logit_adjustment": a})[1] == ""
+    assert make_assets.adjustment(run, {}, {"mean_iou": 0.7}) == ("", "")

@@ -55,6 +55,7 @@ def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
 def train_command(cfg: dict) -> str:
     """The `marsseg-train` line that reproduces a run: the default config plus this run's overrides."""
     base = json.loads(DEFAULT_CONFIG.read_text())
+    cfg = {"logit_adjust": False, **cfg}  # a config without the key predates the option: trained without it
     sets = [f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in cfg.items()
             if k not in ("data", "out_dir", "run_name") and base.get(k) != v]
     return " ".join(["marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz",
@@ -76,6 +77,18 @@ def frame_level(run: Path) -> str:
     return ".\n".join(lines) + ".\n"
 
 
+def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
+    """(card line, reproduce line) for the run's logit adjustment: made by training, or afterwards by marsseg-adjust."""
+    a = metrics.get("logit_adjustment")
+    if not a:
+        return "", ""
+    line = (f"  Logit adjustment (`marsseg/train/prior.py`): offsets {a['bias']} added to the logits, chosen on "
+            f"{a['train_tiles']} training tiles (their mean IoU {a['train_miou_before']:.4f} → "
+            f"{a['train_miou_after']:.4f}); validation float mean IoU {a['val_miou_before']:.4f} → "
+            f"{metrics['mean_iou']:.4f}.\n")
+    return line, ("" if cfg.get("logit_adjust") else f"  marsseg-adjust runs/{run.name}\n")
+
+
 def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     r = {x["name"]: x for x in export["results"]}
     names = ("keras_float32", "tflite_float32", "tflite_int8")
@@ -89,6 +102,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
         f"{c.get('ema', 0.0)} | {m['epochs_run']} (best {m['best_epoch']}) | {m['wall_seconds'] / 60:.0f} min | "
         f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
     commands = "\n".join(f"  {train_command(c)}" for _, c, _ in chain)
+    adjust_line, adjust_cmd = adjustment(run, cfg, metrics)
     gmac = metrics["macs_per_tile"] / 1e9
     eval_cmd = (f"marsseg-eval ai4mars-frames-128.npz --model runs/{run.name}/export/model_int8.tflite "
                 f"--names runs/{run.name}/split.json --overlap 0 0.25 --exposure --output runs/{run.name}/eval")
@@ -119,11 +133,11 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
 
   int8 − float Keras: {-export['int8_drop_points']:+.2f} mean-IoU points (the export gate allows a drop of at most
   {export['budget_points']}).
-  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
+{adjust_line}  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
 {frame_level(run)}- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
   ```
 {commands}
-  marsseg-export --model runs/{run.name}/model.keras
+{adjust_cmd}  marsseg-export --model runs/{run.name}/model.keras
   {eval_cmd}
   python -m tools.make_assets --run runs/{run.name}
   ```
