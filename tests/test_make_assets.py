@@ -71,8 +71,11 @@ def test_card_says_how_the_logit_adjustment_was_made(tmp_path):
     a = {"bias": [0.0, 0.6, 1.6, 0.0, -0.4], "train_tiles": 2400, "train_miou_before": 0.7066,
          "train_miou_after": 0.7529, "val_miou_before": 0.6781}
     run = tmp_path / "v8a"
-    line, cmd = make_assets.adjustment(run, {"logit_adjust": False}, {"mean_iou": 0.7021, "logit_adjustment": a})
+    adjusted = {"mean_iou": 0.7021, "logit_adjustment": a}
+    line, cmd = make_assets.adjustment(run, {"logit_adjust": False, "run_name": "v8a"}, adjusted)
     assert "validation float mean IoU 0.6781 → 0.7021" in line and "[0.0, 0.6, 1.6, 0.0, -0.4]" in line
-    assert cmd.strip() == "marsseg-adjust runs/v8a"  # adjusted after training
+    assert cmd.strip() == "marsseg-adjust runs/v8a"  # adjusted in place after training
+    _, cmd = make_assets.adjustment(run, {"logit_adjust": False, "run_name": "v8"}, adjusted)
+    assert cmd.strip() == "marsseg-adjust runs/v8 --output runs/v8a"  # adjusted into a copy
     assert make_assets.adjustment(run, {"logit_adjust": True}, {"mean_iou": 0.7, "logit_adjustment": a})[1] == ""
     assert make_assets.adjustment(run, {}, {"mean_iou": 0.7}) == ("", "")

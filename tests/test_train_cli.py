@@ -43,7 +43,13 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path, capsys):
     unadjusted = json.loads((continued / "metrics.json").read_text())
     assert "logit_adjustment" not in unadjusted
 
-    # adjust that finished run afterwards (the split is rebuilt from its config); a second adjustment is refused
+    # adjust that finished run afterwards (the split is rebuilt from its config): first into a copy, which leaves
+    # the original as it was and its export/ behind, then in place; a second adjustment is refused
+    (continued / "export").mkdir()
+    assert adjust_main([str(continued), "--sample", "8", "--output", str(tmp_path / "copy")]) == 0
+    assert "logit_adjustment" in json.loads((tmp_path / "copy" / "metrics.json").read_text())
+    assert not (tmp_path / "copy" / "export").exists()
+    assert json.loads((continued / "metrics.json").read_text()) == unadjusted
     assert adjust_main([str(continued), "--sample", "8"]) == 0
     adjusted = json.loads((continued / "metrics.json").read_text())
     assert adjusted["logit_adjustment"]["val_miou_before"] == round(unadjusted["mean_iou"], 4)

@@ -86,7 +86,11 @@ def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
             f"{a['train_tiles']} training tiles (their mean IoU {a['train_miou_before']:.4f} → "
             f"{a['train_miou_after']:.4f}); validation float mean IoU {a['val_miou_before']:.4f} → "
             f"{metrics['mean_iou']:.4f}.\n")
-    return line, ("" if cfg.get("logit_adjust") else f"  marsseg-adjust runs/{run.name}\n")
+    if cfg.get("logit_adjust"):
+        return line, ""
+    trained = cfg["run_name"]
+    into = "" if trained == run.name else f" --output runs/{run.name}"
+    return line, f"  marsseg-adjust runs/{trained}{into}\n"
 
 
 def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:

@@ -7,7 +7,7 @@ adjustment"). The offsets are searched on training tiles only, so the validation
 folded into the bias of the 1x1 conv that feeds the softmax: the float model, the int8 export and the edge
 runtime all carry it with no runtime change.
 
-    marsseg-adjust runs/<run>      # for a run trained without it (training does it when logit_adjust is on)
+    marsseg-adjust runs/<run> [--output runs/<run>a]   # a run trained without it (training does it by default)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,15 +90,23 @@ def adjust(model: keras.Model, train_tiles: np.ndarray, train_masks: np.ndarray,
             "train_miou_before": round(before, 4), "train_miou_after": round(after, 4)}
 
 
-def adjust_run(run_dir: Path, data: str | None = None, sample: int = 2400) -> dict:
-    """Adjust a finished run's model.keras in place and refresh its metrics.json and plots."""
+def adjust_run(run_dir: Path, data: str | None = None, sample: int = 2400, output: Path | None = None) -> dict:
+    """Adjust a finished run's model.keras and refresh its metrics.json and plots: in place, or in a copy at `output`.
+
+    A copy leaves the original run intact, e.g. as the `init_from` of a later leg.
+    """
     from marsseg.train import fit
     from marsseg.train.config import TrainConfig
 
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     if "logit_adjustment" in metrics:
         raise ValueError(f"{run_dir} is already adjusted ({metrics['logit_adjustment']['bias']}); adjust a fresh run")
+    if output is not None:
+        if output.exists():
+            raise ValueError(f"--output {output} exists; name a new folder")
+        # export/ and eval/ describe the unadjusted model, so they stay behind
+        shutil.copytree(run_dir, output, ignore=shutil.ignore_patterns("export", "eval"))
+        run_dir = output
     cfg = TrainConfig.load(run_dir / "config.json")
     if data:
         cfg.data = data
@@ -113,7 +122,7 @@ def adjust_run(run_dir: Path, data: str | None = None, sample: int = 2400) -> di
     done["val_miou_before"] = round(metrics["mean_iou"], 4)
     metrics.update(fit.evaluate_run(model, val_x, val_y, cfg, run_dir), logit_adjustment=done)
     write_atomic(run_dir / "model.keras", lambda p: model.save(p))
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -123,16 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="a finished run folder (model.keras, config.json, split.json, metrics.json)")
     p.add_argument("--data", help="frames file, if not the one recorded in the run's config")
     p.add_argument("--sample", type=int, default=2400, help="training tiles to choose the offsets on")
+    p.add_argument("--output", type=Path, help="adjust a copy of the run in this new folder (default: in place)")
     args = p.parse_args(argv)
     from marsseg.train.data import DataError
 
     try:
-        m = adjust_run(args.run, args.data, args.sample)
+        m = adjust_run(args.run, args.data, args.sample, args.output)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"marsseg-adjust: error: {e}", file=sys.stderr)
         return 2
     a = m["logit_adjustment"]
-    print(f"{args.run}: bias {a['bias']}; val mean IoU {a['val_miou_before']:.4f} -> {m['mean_iou']:.4f}")
+    print(f"{args.output or args.run}: bias {a['bias']}; "
+          f"val mean IoU {a['val_miou_before']:.4f} -> {m['mean_iou']:.4f}")
     return 0
 
 
