@@ -43,3 +43,12 @@ def test_missing_stages_are_dashes(tmp_path):
 def test_folder_without_metrics_is_a_clear_error(tmp_path, capsys):
     assert results_table.main([str(tmp_path)]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_an_adjusted_copy_is_named_by_its_folder_and_marked(tmp_path):
+    run = _run(tmp_path, exported=False, evaluated=False)
+    m = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**m, "logit_adjustment": {"bias": [0, 0.6, 1.6, 0, -0.4]}}))
+    copy = run.rename(tmp_path / "r1a")  # marsseg-adjust --output keeps the training run's name inside
+    cells = [c.strip() for c in results_table.row(copy).strip("|").split("|")]
+    assert cells[:2] == ["r1a", "dual-unet, wce_dice + logit adj."]

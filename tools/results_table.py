@@ -33,7 +33,9 @@ def row(run: Path) -> str:
     ev = _load(run / "eval" / "eval.json")
     frame = {r["overlap"]: r["mean_iou"] for r in ev["results"]} if ev else {}
     per_class = " / ".join(f"{v:.3f}" for v in m["per_class_iou"].values())
-    return (f"| {m['run']} | {m['arch']}, {m['loss']} | {_fmt(m['mean_iou'])} | {_fmt(int8)} | "
+    adjusted = " + logit adj." if m.get("logit_adjustment") else ""
+    # the folder name: an adjusted copy (marsseg-adjust --output) keeps its training run's name in metrics.json
+    return (f"| {run.name} | {m['arch']}, {m['loss']}{adjusted} | {_fmt(m['mean_iou'])} | {_fmt(int8)} | "
             f"{_fmt(frame.get(0.0))} | {_fmt(frame.get(0.25))} | {per_class} | {m['parameters'] / 1e6:.2f} M | "
             f"{m['macs_per_tile'] / 1e9:.3f} | {m['epochs_run']} ep (best {m['best_epoch']}), "
             f"{m['wall_seconds'] / 60:.0f} min |")
