@@ -102,7 +102,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     chain = lineage(run)
     _, cfg, metrics = chain[-1]
     legs = "\n".join(
-        f"| `{leg.name}` | {c.get('init_from') or 'scratch'} | {c['learning_rate']} | {c['rare_cap']} | "
+        f"| `{leg.name}` | {c.get('init_from') or 'scratch'} | {c['learning_rate']}"
+        f"{'' if c.get('schedule', 'plateau') == 'plateau' else ', ' + c['schedule']} | {c['rare_cap']} | "
         f"{c.get('ema', 0.0)} | {m['epochs_run']} (best {m['best_epoch']}) | {m['wall_seconds'] / 60:.0f} min | "
         f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
     commands = "\n".join(f"  {train_command(c)}" for _, c, _ in chain)
@@ -125,7 +126,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
   Adam, on {metrics['backend']} / CPU, in {len(chain)} leg(s); a CPU run is cut into time-budgeted legs,
   each starting from the previous leg's best checkpoint:
 
-| run | started from | learning rate | class-weight cap | weight EMA | epochs | wall | val mean IoU (float) |
+| run | started from | learning rate, schedule | class-weight cap | weight EMA | epochs | wall | val mean IoU (float) |
 |---|---|---|---|---|---|---|---|
 {legs}
 
