@@ -46,6 +46,8 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path, capsys):
     # adjust that finished run afterwards (the split is rebuilt from its config): first into a copy, which leaves
     # the original as it was and its export/ behind, then in place; a second adjustment is refused
     (continued / "export").mkdir()
+    assert adjust_main([str(continued), "--data", str(tmp_path / "gone.npz"), "--output", str(tmp_path / "copy")]) == 2
+    assert not (tmp_path / "copy").exists()  # a failed adjustment leaves no half-made copy
     assert adjust_main([str(continued), "--sample", "8", "--output", str(tmp_path / "copy")]) == 0
     assert "logit_adjustment" in json.loads((tmp_path / "copy" / "metrics.json").read_text())
     assert not (tmp_path / "copy" / "export").exists()

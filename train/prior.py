@@ -24,6 +24,7 @@ import numpy as np
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, preprocess
+from marsseg.train.data import fixed_tiles
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,8 @@ def adjust_run(run_dir: Path, data: str | None = None, sample: int = 2400, outpu
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if "logit_adjustment" in metrics:
         raise ValueError(f"{run_dir} is already adjusted ({metrics['logit_adjustment']['bias']}); adjust a fresh run")
-    if output is not None:
-        if output.exists():
-            raise ValueError(f"--output {output} exists; name a new folder")
-        # export/ and eval/ describe the unadjusted model, so they stay behind
-        shutil.copytree(run_dir, output, ignore=shutil.ignore_patterns("export", "eval"))
-        run_dir = output
+    if output is not None and output.exists():
+        raise ValueError(f"--output {output} exists; name a new folder")
     cfg = TrainConfig.load(run_dir / "config.json")
     if data:
         cfg.data = data
@@ -114,12 +111,14 @@ def adjust_run(run_dir: Path, data: str | None = None, sample: int = 2400, outpu
     if prep["val"].names.tolist() != fit.load_split(run_dir)["val_names"]:
         raise ValueError(f"the split rebuilt from {cfg.data} differs from {run_dir}/split.json; pass the run's data")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    from marsseg.train.data import fixed_tiles
-
     train_x, train_y = fixed_tiles(prep["train"])
     val_x, val_y = fixed_tiles(prep["val"])
     done = adjust(model, train_x, train_y, sample, cfg.seed)
     done["val_miou_before"] = round(metrics["mean_iou"], 4)
+    if output is not None:  # copied only now, so a failure above leaves no half-made folder behind
+        # export/ and eval/ describe the unadjusted model, so they stay behind
+        shutil.copytree(run_dir, output, ignore=shutil.ignore_patterns("export", "eval"))
+        run_dir = output
     metrics.update(fit.evaluate_run(model, val_x, val_y, cfg, run_dir), logit_adjustment=done)
     write_atomic(run_dir / "model.keras", lambda p: model.save(p))
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
