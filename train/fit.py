@@ -22,7 +22,6 @@ from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
 
 log = logging.getLogger(__name__)
-ADJUST_TILES = 2400  # training tiles the logit adjustment is chosen on (~1 min of CPU inference)
 
 
 class TrainTiles(keras.utils.PyDataset):
@@ -275,7 +274,7 @@ def train(cfg: TrainConfig) -> Path:
     adjusted = {}
     if cfg.logit_adjust:
         train_x, train_y = D.fixed_tiles(train_ds)
-        adjusted = {"logit_adjustment": {**prior.adjust(best, train_x, train_y, ADJUST_TILES, cfg.seed),
+        adjusted = {"logit_adjustment": {**prior.adjust(best, train_x, train_y, prior.SAMPLE_TILES, cfg.seed),
                                          "val_miou_before": round(float(ckpt.best), 4)}}
         write_atomic(run_dir / "model.keras", lambda p: best.save(p))
     metrics = {
