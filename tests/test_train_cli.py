@@ -88,6 +88,27 @@ def test_cosine_schedule_anneals_once_from_learning_rate_to_min_lr():
     assert learning_rate_schedule(TrainConfig(learning_rate=3e-4), 10) == 3e-4  # plateau: a constant
 
 
+def test_cosine_warmup_ramps_up_from_min_lr_then_anneals_within_the_same_epochs():
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import learning_rate_schedule
+
+    cfg = TrainConfig(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=5, warmup_epochs=1)
+    lr = learning_rate_schedule(cfg, steps_per_epoch=10)
+    at = [float(lr(step)) for step in (0, 5, 10, 30, 50)]
+    assert at[0] == pytest.approx(1e-5) and at[1] == pytest.approx((1e-5 + 2e-4) / 2, rel=1e-4)
+    assert at[2] == pytest.approx(2e-4)  # peak after one epoch
+    assert at[3] == pytest.approx((1e-5 + 2e-4) / 2, rel=1e-4)  # half way down the remaining 4 epochs
+    assert at[4] == pytest.approx(1e-5)  # the floor at the end of `epochs`, as without warm-up
+
+
+@pytest.mark.parametrize("bad", [{"schedule": "plateau"}, {"warmup_epochs": 5}, {"warmup_epochs": -1}])
+def test_warmup_outside_a_cosine_leg_is_refused(bad):
+    from marsseg.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(**{"schedule": "cosine", "epochs": 5, "warmup_epochs": 1, **bad})
+
+
 def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
     from types import SimpleNamespace
 

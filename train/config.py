@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     schedule: str = "plateau"  # plateau | cosine (one anneal over `epochs`) | cosine_restarts
+    warmup_epochs: float = 0.0  # cosine only: ramp from min_lr up to learning_rate first (continued legs)
     ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
     time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
@@ -59,6 +60,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
+            raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
+                             f"got {self.warmup_epochs} with {self.schedule!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
