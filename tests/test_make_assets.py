@@ -65,6 +65,10 @@ def test_a_config_from_before_logit_adjustment_is_rebuilt_without_it(monkeypatch
     monkeypatch.chdir(make_assets.ROOT)
     got = build_config(parse_args(shlex.split(make_assets.train_command(legacy))[1:]))
     assert got.logit_adjust is False
+    del legacy["logit_adjust_scales"]  # trained with the adjustment, before its scale could be chosen
+    legacy["logit_adjust"] = True
+    got = build_config(parse_args(shlex.split(make_assets.train_command(legacy))[1:]))
+    assert got.logit_adjust is True and got.logit_adjust_scales == (1.0,)
 
 
 def test_card_says_how_the_logit_adjustment_was_made(tmp_path):
@@ -79,3 +83,13 @@ def test_card_says_how_the_logit_adjustment_was_made(tmp_path):
     assert cmd.strip() == "marsseg-adjust runs/v8 --output runs/v8a"  # adjusted into a copy
     assert make_assets.adjustment(run, {"logit_adjust": True}, {"mean_iou": 0.7, "logit_adjustment": a})[1] == ""
     assert make_assets.adjustment(run, {}, {"mean_iou": 0.7}) == ("", "")
+
+
+def test_card_reproduces_a_scale_chosen_again_after_training(tmp_path):
+    a = {"bias": [0.0, 0.4, 0.6, 0.05, -0.3], "fitted_bias": [0.0, 0.8, 1.2, 0.1, -0.6], "scale": 0.5,
+         "scales": [0.0, 0.5, 1.0], "train_tiles": 2400, "train_miou_before": 0.7441, "train_miou_after": 0.7639,
+         "val_miou_before": 0.7084, "made_by": "marsseg-adjust"}
+    line, cmd = make_assets.adjustment(tmp_path / "v11b", {"logit_adjust": True, "run_name": "v11"},
+                                       {"mean_iou": 0.7136, "logit_adjustment": a})
+    assert "0.5 × the fitted [0.0, 0.8, 1.2, 0.1, -0.6]" in line and "scales 0, 0.5, 1" in line
+    assert cmd.strip() == "marsseg-adjust runs/v11 --output runs/v11b --scales 0 0.5 1"

@@ -7,7 +7,7 @@ keras = pytest.importorskip("keras")
 
 from marsseg.train.config import TrainConfig  # noqa: E402
 from marsseg.train.model import build_model  # noqa: E402
-from marsseg.train.prior import adjust, fit_logit_bias, fold_logit_bias  # noqa: E402
+from marsseg.train.prior import adjust, choose_scale, fit_logit_bias, fold_logit_bias  # noqa: E402
 
 TINY = TrainConfig(fine_widths=(4, 8, 8), bottleneck=8, coarse_widths=(8, 8), coarse_bottleneck=8)
 
@@ -57,6 +57,26 @@ def test_adjust_reports_what_it_chose_on_training_tiles():
     rng = np.random.default_rng(3)
     tiles = rng.integers(0, 256, (6, 64, 128), dtype=np.uint8)
     masks = rng.integers(1, 5, (6, 64, 128), dtype=np.uint8)
-    done = adjust(build_model(TINY), tiles, masks, sample=4, seed=0)
+    done = adjust(build_model(TINY), (tiles, masks), (tiles[:2], masks[:2]), sample=4, seed=0)
     assert done["train_tiles"] == 4 and len(done["bias"]) == 5
     assert done["train_miou_after"] >= done["train_miou_before"]
+    assert done["scale"] == 1.0 and done["bias"] == done["fitted_bias"] and "val_miou_by_scale" not in done
+
+
+def test_adjust_keeps_the_scale_of_the_offsets_that_scores_best_on_validation():
+    rng = np.random.default_rng(4)
+    tiles = rng.integers(0, 256, (6, 64, 128), dtype=np.uint8)
+    masks = rng.integers(1, 5, (6, 64, 128), dtype=np.uint8)
+    done = adjust(build_model(TINY), (tiles, masks), (tiles[4:], masks[4:]), sample=4, seed=0, scales=(0, 0.5, 1))
+    by_scale = done["val_miou_by_scale"]
+    assert list(by_scale) == ["0", "0.5", "1"] and done["scale"] == max((v, float(k)) for k, v in by_scale.items())[1]
+    np.testing.assert_allclose(done["bias"], done["scale"] * np.array(done["fitted_bias"]), atol=0.006)
+
+
+def test_choose_scale_scores_each_multiple_of_the_offsets():
+    y = np.array([1, 1, 2, 2], np.uint8)
+    logp = np.log(np.array([[0, .6, .4, 0, 0]] * 4) + 1e-7)  # everything soil: pixel 2 and 3 are wrong
+    bias = np.array([0, 0, 1.0, 0, 0], np.float32)  # +1 on bedrock flips them all to bedrock
+    got = choose_scale(logp, y, bias, (0.0, 0.2, 1.0))
+    assert got[0.0] == got[0.2] == pytest.approx(0.25)  # soil IoU 0.5, the others 0 (0.2 flips nothing)
+    assert got[1.0] == pytest.approx(0.25)  # now bedrock 0.5 and soil 0

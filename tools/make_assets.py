@@ -23,6 +23,8 @@ from marsseg.train import data as D
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "edge" / "assets"
 DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"
+# what a run was trained with when its config predates an option (the key is missing from its config.json)
+LEGACY = {"logit_adjust": False, "logit_adjust_scales": [1.0]}
 
 
 def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
@@ -55,7 +57,9 @@ def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
 def train_command(cfg: dict) -> str:
     """The `marsseg-train` line that reproduces a run: the default config plus this run's overrides."""
     base = json.loads(DEFAULT_CONFIG.read_text())
-    cfg = {"logit_adjust": False, **cfg}  # a config without the key predates the option: trained without it
+    cfg = {**LEGACY, **cfg}  # a config without a key predates the option
+    if not cfg["logit_adjust"]:
+        del cfg["logit_adjust_scales"]
     sets = [f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in cfg.items()
             if k not in ("data", "out_dir", "run_name") and base.get(k) != v]
     return " ".join(["marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz",
@@ -82,15 +86,20 @@ def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
     a = metrics.get("logit_adjustment")
     if not a:
         return "", ""
-    line = (f"  Logit adjustment (`marsseg/train/prior.py`): offsets {a['bias']} added to the logits, chosen on "
-            f"{a['train_tiles']} training tiles (their mean IoU {a['train_miou_before']:.4f} → "
+    scales = a.get("scales", [1.0])
+    scaled = "" if scales == [1.0] else (
+        f" ({a['scale']:g} × the fitted {a['fitted_bias']}, the best on validation tiles of the scales "
+        f"{', '.join(f'{x:g}' for x in scales)})")
+    line = (f"  Logit adjustment (`marsseg/train/prior.py`): offsets {a['bias']}{scaled} added to the logits, "
+            f"fitted on {a['train_tiles']} training tiles (their mean IoU {a['train_miou_before']:.4f} → "
             f"{a['train_miou_after']:.4f}); validation float mean IoU {a['val_miou_before']:.4f} → "
             f"{metrics['mean_iou']:.4f}.\n")
-    if cfg.get("logit_adjust"):
+    if a.get("made_by", "training" if cfg.get("logit_adjust") else "marsseg-adjust") == "training":
         return line, ""
     trained = cfg["run_name"]
     into = "" if trained == run.name else f" --output runs/{run.name}"
-    return line, f"  marsseg-adjust runs/{trained}{into}\n"
+    opts = "" if scales == [1.0] else " --scales " + " ".join(f"{x:g}" for x in scales)
+    return line, f"  marsseg-adjust runs/{trained}{into}{opts}\n"
 
 
 def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:

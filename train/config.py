@@ -33,6 +33,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
     logit_adjust: bool = True  # after training, fold per-class logit offsets chosen on training tiles (prior.py)
+    logit_adjust_scales: tuple[float, ...] = (1.0,)  # multiples of those offsets scored on validation, best kept
     # data
     val_fraction: float = 0.2
     seed: int = 42
@@ -60,6 +61,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not self.logit_adjust_scales:
+            raise ValueError("logit_adjust_scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
         if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
             raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
                              f"got {self.warmup_epochs} with {self.schedule!r}")

@@ -278,9 +278,9 @@ def train(cfg: TrainConfig) -> Path:
     best = keras.saving.load_model(run_dir / "model.keras", compile=False)
     adjusted = {}
     if cfg.logit_adjust:
-        train_x, train_y = D.fixed_tiles(train_ds)
-        adjusted = {"logit_adjustment": {**prior.adjust(best, train_x, train_y, prior.SAMPLE_TILES, cfg.seed),
-                                         "val_miou_before": round(float(ckpt.best), 4)}}
+        done = prior.adjust(best, D.fixed_tiles(train_ds), (val_x, val_y), prior.SAMPLE_TILES, cfg.seed,
+                            cfg.logit_adjust_scales)
+        adjusted = {"logit_adjustment": {**done, "val_miou_before": round(float(ckpt.best), 4), "made_by": "training"}}
         write_atomic(run_dir / "model.keras", lambda p: best.save(p))
     metrics = {
         "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **evaluate_run(best, val_x, val_y, cfg, run_dir),
