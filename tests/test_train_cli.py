@@ -33,15 +33,19 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert split["train_frames"] + split["val_frames"] == 24 and split["seed"] == 42
 
-    # continue from that model (how a CPU run is extended in a later session)
+    # continue from that model (how a CPU run is extended in a later session), as a quantization-aware leg
     rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
                "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", "--set", "logit_adjust=false",
-               *TINY])
+               "--set", "fake_quant=true", *TINY])
     assert rc == 0
     continued = tmp_path / "continued"
     assert json.loads((continued / "config.json").read_text())["init_from"].endswith("model.keras")
     unadjusted = json.loads((continued / "metrics.json").read_text())
     assert "logit_adjustment" not in unadjusted
+    assert 0.0 <= unadjusted["val_miou_fake_quant"] <= 1.0  # epochs were scored fake-quantized ...
+    saved = keras.saving.load_model(continued / "model.keras", compile=False)  # ... the plain model was saved
+    assert [type(layer) for layer in saved.layers] == [type(layer) for layer in
+                                                       keras.saving.load_model(run / "model.keras").layers]
 
     # adjust that finished run afterwards (the split is rebuilt from its config): first into a copy, which leaves
     # the original as it was and its export/ behind, then in place; a second adjustment is refused

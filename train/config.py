@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "plateau"  # plateau | cosine (one anneal over `epochs`) | cosine_restarts
     warmup_epochs: float = 0.0  # cosine only: ramp from min_lr up to learning_rate first (continued legs)
     ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
+    fake_quant: bool = False  # train through int8 rounding of activations (quant.py): a last leg before export
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
     time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
     patience: int = 12

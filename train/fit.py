@@ -15,7 +15,7 @@ from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
 from marsseg.train import data as D
-from marsseg.train import prior
+from marsseg.train import prior, quant
 from marsseg.train.config import TrainConfig
 from marsseg.train.losses import make_loss
 from marsseg.train.macs import count_macs
@@ -58,6 +58,7 @@ class ValidationIoU(keras.callbacks.Callback):
     """Exact validation mean IoU (background ignored) via the shared metrics module, into the epoch logs.
 
     Must come first among the callbacks (after EmaSwap) so checkpointing, LR schedule and early stopping can monitor it.
+    With `fake_quant` it scores the fake-quantized model, a stand-in for the int8 export the leg is tuning for.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, loss_fn, batch_size: int) -> None:
@@ -110,17 +111,20 @@ class EmaSwap(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model atomically whenever val_miou improves, so Ctrl-C or a crash keeps the best so far."""
+    """Save `model` atomically whenever val_miou improves, so Ctrl-C or a crash keeps the best so far.
 
-    def __init__(self, path: Path) -> None:
+    `model` is the plain model even when training runs through its fake-quantized wrapper (quant.py).
+    """
+
+    def __init__(self, path: Path, model: keras.Model) -> None:
         super().__init__()
-        self.path, self.best, self.best_epoch = path, -np.inf, -1
+        self.path, self.ship, self.best, self.best_epoch = path, model, -np.inf, -1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         v = (logs or {}).get("val_miou", -np.inf)
         if v > self.best:
             self.best, self.best_epoch = v, epoch + 1
-            write_atomic(self.path, lambda p: self.model.save(p))
+            write_atomic(self.path, lambda p: self.ship.save(p))
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -243,11 +247,12 @@ def train(cfg: TrainConfig) -> Path:
         steps = math.ceil(len(train_ds) * cfg.tiles_per_frame / cfg.batch_size)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(cfg, steps), use_ema=cfg.ema > 0,
                                           ema_momentum=cfg.ema or 0.99)
-        model.compile(optimizer=optimizer, loss=loss_fn)
+        net = quant.with_fake_quant(model) if cfg.fake_quant else model  # shares model's weights
+        net.compile(optimizer=optimizer, loss=loss_fn)
     macs = count_macs(model)
     log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
 
-    ckpt = BestCheckpoint(run_dir / "model.keras")
+    ckpt = BestCheckpoint(run_dir / "model.keras", model)
     ema = [EmaSwap()] if cfg.ema > 0 else []
     callbacks = [
         *ema,
@@ -265,7 +270,7 @@ def train(cfg: TrainConfig) -> Path:
     started = time.perf_counter()
     interrupted = False
     try:
-        history = model.fit(TrainTiles(train_ds, cfg), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+        history = net.fit(TrainTiles(train_ds, cfg), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
         epochs_run = len(history.history.get("loss", []))
     except KeyboardInterrupt:
         interrupted = True
@@ -276,11 +281,15 @@ def train(cfg: TrainConfig) -> Path:
         raise RuntimeError("training stopped before the first epoch finished; no model was saved")
 
     best = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    adjusted = {}
+    before, adjusted = float(ckpt.best), {}
+    if cfg.fake_quant:  # epochs were scored through the fake-quant wrapper; the shipped float model scores itself
+        adjusted["val_miou_fake_quant"] = round(before, 4)
+        before = scores(confusion_matrix(val_y, predict_classes(best, val_x, cfg.batch_size)[0])).mean_iou
+        log.info("best checkpoint: val mean IoU %.4f fake-quantized, %.4f float", ckpt.best, before)
     if cfg.logit_adjust:
         done = prior.adjust(best, D.fixed_tiles(train_ds), (val_x, val_y), prior.SAMPLE_TILES, cfg.seed,
                             cfg.logit_adjust_scales)
-        adjusted = {"logit_adjustment": {**done, "val_miou_before": round(float(ckpt.best), 4), "made_by": "training"}}
+        adjusted["logit_adjustment"] = {**done, "val_miou_before": round(before, 4), "made_by": "training"}
         write_atomic(run_dir / "model.keras", lambda p: best.save(p))
     metrics = {
         "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **evaluate_run(best, val_x, val_y, cfg, run_dir),
