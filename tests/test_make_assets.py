@@ -93,3 +93,24 @@ def test_card_reproduces_a_scale_chosen_again_after_training(tmp_path):
                                        {"mean_iou": 0.7136, "logit_adjustment": a})
     assert "0.5 × the fitted [0.0, 0.8, 1.2, 0.1, -0.6]" in line and "scales 0, 0.5, 1" in line
     assert cmd.strip() == "marsseg-adjust runs/v11 --output runs/v11b --scales 0 0.5 1"
+
+
+def test_reproduce_puts_an_intermediate_legs_adjustment_between_its_training_and_the_next_leg(tmp_path, monkeypatch):
+    # v12 trained, its offsets taken out into a copy v12u, and a quantization-aware leg v14q started from that copy
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _leg(runs, "v12")
+    (runs / "v12").rename(runs / "v12u")
+    a = {"bias": [0.0] * 5, "fitted_bias": [0.0, 0.8, 1.0, 0.2, -0.8], "scale": 0.0, "scales": [0.0],
+         "train_tiles": 2400, "train_miou_before": 0.74, "train_miou_after": 0.76, "val_miou_before": 0.71,
+         "made_by": "marsseg-adjust"}
+    (runs / "v12u" / "metrics.json").write_text(json.dumps({"epochs_run": 3, "best_epoch": 2, "mean_iou": 0.71,
+                                                            "logit_adjustment": a}))
+    _leg(runs, "v14q", init_from="runs/v12u/model.keras", fake_quant=True)
+    chain = make_assets.lineage(runs / "v14q")
+    monkeypatch.chdir(make_assets.ROOT)
+    lines = make_assets.reproduce(chain)
+    assert [line.split()[0] for line in lines] == ["marsseg-train", "marsseg-adjust", "marsseg-train"]
+    assert "--run-name v12 " in lines[0] and lines[1] == "marsseg-adjust runs/v12 --output runs/v12u --scales 0"
+    assert "--set fake_quant=true" in lines[2] and "--set init_from=runs/v12u/model.keras" in lines[2]

@@ -99,7 +99,13 @@ def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
     trained = cfg["run_name"]
     into = "" if trained == run.name else f" --output runs/{run.name}"
     opts = "" if scales == [1.0] else " --scales " + " ".join(f"{x:g}" for x in scales)
-    return line, f"  marsseg-adjust runs/{trained}{into}{opts}\n"
+    return line, f"marsseg-adjust runs/{trained}{into}{opts}"
+
+
+def reproduce(chain: list[tuple[Path, dict, dict]]) -> list[str]:
+    """The commands that rebuild a lineage, oldest first: each leg's training line, then its `marsseg-adjust` line
+    when it was adjusted after training (e.g. its offsets taken out before a quantization-aware leg)."""
+    return [line for leg, c, m in chain for line in (train_command(c), adjustment(leg, c, m)[1]) if line]
 
 
 def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
@@ -112,11 +118,12 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     _, cfg, metrics = chain[-1]
     legs = "\n".join(
         f"| `{leg.name}` | {c.get('init_from') or 'scratch'} | {c['learning_rate']}"
-        f"{'' if c.get('schedule', 'plateau') == 'plateau' else ', ' + c['schedule']} | {c['rare_cap']} | "
+        f"{'' if c.get('schedule', 'plateau') == 'plateau' else ', ' + c['schedule']}"
+        f"{', fake-quant' if c.get('fake_quant') else ''} | {c['rare_cap']} | "
         f"{c.get('ema', 0.0)} | {m['epochs_run']} (best {m['best_epoch']}) | {m['wall_seconds'] / 60:.0f} min | "
         f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
-    commands = "\n".join(f"  {train_command(c)}" for _, c, _ in chain)
-    adjust_line, adjust_cmd = adjustment(run, cfg, metrics)
+    commands = "\n".join(f"  {line}" for line in reproduce(chain))
+    adjust_line = adjustment(run, cfg, metrics)[0]
     gmac = metrics["macs_per_tile"] / 1e9
     eval_cmd = (f"marsseg-eval ai4mars-frames-128.npz --model runs/{run.name}/export/model_int8.tflite "
                 f"--names runs/{run.name}/split.json --overlap 0 0.25 --exposure --output runs/{run.name}/eval")
@@ -151,7 +158,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
 {frame_level(run)}- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
   ```
 {commands}
-{adjust_cmd}  marsseg-export --model runs/{run.name}/model.keras
+  marsseg-export --model runs/{run.name}/model.keras
   {eval_cmd}
   python -m tools.make_assets --run runs/{run.name}
   ```
