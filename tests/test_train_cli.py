@@ -172,3 +172,18 @@ def test_ema_swap_validates_the_average_and_trains_on_the_raw_weights():
         np.testing.assert_allclose(during, average)  # validation/checkpoint see the average
         np.testing.assert_allclose(after, raw)  # training continues from the raw weights
         assert not np.allclose(average, raw)  # 8 steps at lr 0.1: the two really differ
+
+
+def test_train_seed_varies_the_augmentation_stream_and_leaves_the_split_alone(frames_file):
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import TrainTiles, prepare_data
+
+    def first_batch(**kw) -> np.ndarray:
+        cfg = TrainConfig(data=str(frames_file), photometric=0.2, batch_size=8, **kw)
+        return TrainTiles(prepare_data(cfg)["train"], cfg)[0][0]
+
+    assert TrainConfig(seed=7).training_seed == 7 and TrainConfig(seed=7, train_seed=3).training_seed == 3
+    np.testing.assert_array_equal(first_batch(), first_batch(train_seed=42))  # unset: the split seed, as before
+    assert not np.array_equal(first_batch(), first_batch(train_seed=43))  # a continued leg can draw new crops
+    split = [prepare_data(TrainConfig(data=str(frames_file), train_seed=s))["val"].names.tolist() for s in (1, 2)]
+    assert split[0] == split[1]

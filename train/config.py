@@ -36,7 +36,8 @@ class TrainConfig:
     logit_adjust_scales: tuple[float, ...] = (1.0,)  # multiples of those offsets scored on validation, best kept
     # data
     val_fraction: float = 0.2
-    seed: int = 42
+    seed: int = 42  # the train/validation split; and all training randomness unless train_seed is set
+    train_seed: int | None = None  # crops, flips, exposure, dropout, init: give each continued leg its own
     tiles_per_frame: int = 1  # random vertical crops per frame per epoch
     hflip: bool = True
     vflip: bool = False
@@ -67,6 +68,12 @@ class TrainConfig:
         if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
             raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
                              f"got {self.warmup_epochs} with {self.schedule!r}")
+
+    @property
+    def training_seed(self) -> int:
+        """Seed of the training randomness. With the split seed alone, every leg continued from a checkpoint
+        replays the previous leg's crop/flip/exposure sequence (default-v14q and v15q: near-identical curves)."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

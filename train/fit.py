@@ -30,7 +30,7 @@ class TrainTiles(keras.utils.PyDataset):
     def __init__(self, ds: D.Dataset, cfg: TrainConfig) -> None:
         super().__init__()
         self.ds, self.cfg = ds, cfg
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.training_seed)
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig) -> Path:
     """Train one model; returns the run folder."""
     from marsseg.train import report
 
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.training_seed)
     prep = prepare_data(cfg)
     train_ds, val_ds = prep["train"], prep["val"]
     val_x, val_y = D.fixed_tiles(val_ds)
