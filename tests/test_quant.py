@@ -25,6 +25,7 @@ def test_int8_tensors_are_those_the_converter_keeps_after_fusing():
     # conv+BN+ReLU fuse into one op, as do add+ReLU; the BN output that feeds the add is its own tensor;
     # pooling, nearest resizing and the fixed-scale softmax output keep a scale they are given
     assert quant.int8_tensors(small_model()) == {"a_relu", "b_bn", "res_relu", "cat", "logits"}
+    assert sorted(quant.consumers(small_model())["a_relu"]) == ["b_conv", "cat", "res_add"]
 
 
 def test_fake_quant_model_shares_the_weights_and_leaves_the_plain_model_alone():
@@ -34,6 +35,7 @@ def test_fake_quant_model_shares_the_weights_and_leaves_the_plain_model_alone():
     assert sorted(layer.name for layer in wrapped.layers if isinstance(layer, quant.FakeQuant)) == sorted(
         f"{n}_fq" for n in quant.int8_tensors(model))
     assert not any(isinstance(layer, quant.FakeQuant) for layer in model.layers)  # what the checkpoint saves
+    assert quant.int8_tensors(model) == quant.int8_tensors(small_model())  # the wrapper's nodes are not model's
     model.layers[1].kernel.assign(np.ones((3, 3, 1, 4), np.float32))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(wrapped.layers[1].kernel), 1.0)
 

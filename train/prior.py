@@ -28,6 +28,7 @@ import numpy as np
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, preprocess
+from marsseg.train import quant
 from marsseg.train.data import DataError, fixed_tiles
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ def fit_logit_bias(logp: np.ndarray, y: np.ndarray, rounds: int = 3) -> tuple[np
 
 def fold_logit_bias(model: keras.Model, bias: np.ndarray) -> None:
     """Add `bias` to the bias of the convolution feeding the final softmax layer `probs`, in place."""
-    softmax = model.get_layer("probs")
-    conv = softmax.input._keras_history.operation
+    feeds = quant.layer_inputs(model).get("probs", [])
+    conv = model.get_layer(feeds[0]) if len(feeds) == 1 else None
     if not isinstance(conv, keras.layers.Conv2D) or not conv.use_bias or conv.filters != len(bias):
-        raise ValueError(f"expected a biased Conv2D with {len(bias)} filters before 'probs', got {conv.name}")
+        raise ValueError(f"expected a biased Conv2D with {len(bias)} filters before 'probs', got {feeds}")
     conv.bias.assign(keras.ops.convert_to_numpy(conv.bias) + bias.astype(np.float32))
 
 

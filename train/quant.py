@@ -13,6 +13,8 @@ output channel, an error far below the per-tensor activation rounding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import keras
 from keras import layers, ops
 
@@ -53,14 +55,42 @@ class FakeQuant(layers.Layer):
         return {**super().get_config(), "momentum": self.momentum}
 
 
+def _sources(node_config) -> Iterator[str]:
+    """Names of the layers whose outputs a serialized node reads (tensors carry `keras_history`)."""
+    if isinstance(node_config, dict):
+        if "keras_history" in node_config:
+            yield node_config["keras_history"][0]
+        for v in node_config.values():
+            yield from _sources(v)
+    elif isinstance(node_config, list | tuple):
+        for v in node_config:
+            yield from _sources(v)
+
+
+def layer_inputs(model: keras.Model) -> dict[str, list[str]]:
+    """Layer name -> the layers of `model` whose outputs it reads, from the functional model's public config (the
+    layers' own nodes would also list other models sharing the layer, such as the fake-quant wrapper)."""
+    return {spec["name"]: sorted(set(_sources(spec["inbound_nodes"]))) for spec in model.get_config()["layers"]}
+
+
+def consumers(model: keras.Model) -> dict[str, list[str]]:
+    """Layer name -> the layers of `model` reading its output."""
+    out: dict[str, list[str]] = {}
+    for name, sources in layer_inputs(model).items():
+        for src in sources:
+            out.setdefault(src, []).append(name)
+    return out
+
+
 def int8_tensors(model: keras.Model) -> set[str]:
     """Names of the layers whose output is its own int8 tensor in the converted model."""
+    readers = consumers(model)
     names = set()
     for layer in model.layers:
         if isinstance(layer, PASS_THROUGH):
             continue
-        consumers = [node.operation for node in layer._outbound_nodes]
-        if consumers and all(isinstance(c, FUSED) for c in consumers):
+        fed = [model.get_layer(n) for n in readers.get(layer.name, [])]
+        if fed and all(isinstance(c, FUSED) for c in fed):
             continue
         names.add(layer.name)
     return names
