@@ -39,21 +39,35 @@ def test_eval_bad_file(tmp_path, capsys):
     assert "expected an .npz with 'frames' and 'masks'" in capsys.readouterr().err
 
 
-def test_eval_exposure_changes(tmp_path, capsys):
+def test_eval_corruption_suite(tmp_path, capsys):
+    from marsseg.edge.degrade import SUITE
+
     frames, masks = synthetic_frames(n=3)
     data = tmp_path / "clip.npz"
     np.savez(data, frames=frames, masks=masks)
-    assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0", "--exposure",
+    assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0.25", "0", "--corruptions",
                  "--output", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert [r["overlap"] for r in report["results"]] == [0.0]  # the unchanged frames stay alone in "results"
-    assert [r["exposure"] for r in report["exposure"]] == ["dark", "bright", "low-contrast"]
-    for r in report["results"] + report["exposure"]:
-        assert np.array(r["confusion_matrix"]).sum() == 3 * 128 * 128
-    assert "overlap 0.00 (dark exposure): mean IoU" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:  # an unknown change is a usage error naming the valid ones
-        main([str(data), "--model", str(TINY_MODEL), "--exposure", "sunny"])
-    assert e.value.code == 2 and "choose from 'bright', 'dark', 'low-contrast'" in capsys.readouterr().err
+    assert [r["overlap"] for r in report["results"]] == [0.25, 0.0]  # the unchanged frames stay alone in "results"
+    study = report["corruptions"]
+    assert study["overlap"] == 0.25 and study["clean"]["mean_iou"] == report["results"][0]["mean_iou"]
+    rows = study["results"]
+    assert [(r["corruption"], r["severity"]) for r in rows] == [(c.name, s) for c in SUITE for s in (1, 2, 3)]
+    assert study["corrupted_mean_iou"] == pytest.approx(np.mean([r["mean_iou"] for r in rows]))
+    assert study["drop"] == pytest.approx(study["clean"]["mean_iou"] - study["corrupted_mean_iou"])
+    assert study["worst_severity_2"]["mean_iou"] == min(r["mean_iou"] for r in rows if r["severity"] == 2)
+    assert rows[0]["params"] == {"sigma": 0.5}
+    assert (tmp_path / "ev" / "corruptions.png").stat().st_size > 5000
+    out = capsys.readouterr().out
+    assert "corrupted mean IoU" in out and "  jpeg " in out
+    # seeded: the same command gives the same figures
+    assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0.25", "--corruptions", "sensor-noise",
+                 "--output", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())["corruptions"]["results"]
+    assert again == [r for r in rows if r["corruption"] == "sensor-noise"]
+    with pytest.raises(SystemExit) as e:  # an unknown corruption is a usage error naming the valid ones
+        main([str(data), "--model", str(TINY_MODEL), "--corruptions", "sunny"])
+    assert e.value.code == 2 and "'gaussian-blur'" in capsys.readouterr().err
 
 
 def test_exposure_lut():

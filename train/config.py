@@ -37,11 +37,12 @@ class TrainConfig:
     # data
     val_fraction: float = 0.2
     seed: int = 42  # the train/validation split; and all training randomness unless train_seed is set
-    train_seed: int | None = None  # crops, flips, exposure, dropout, init: give each continued leg its own
+    train_seed: int | None = None  # crops, flips, exposure, camera, dropout, init: give each continued leg its own
     tiles_per_frame: int = 1  # random vertical crops per frame per epoch
     hflip: bool = True
     vflip: bool = False
     photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (see data.photometric)
+    degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
     limit_frames: int = 0  # >0: use only this many frames (smoke tests)
     outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
     # optimisation

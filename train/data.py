@@ -238,6 +238,17 @@ def random_tiles(
     return x, y
 
 
+def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Each frame through its own random camera (`degrade.random_camera`: blur, motion, noise, resampling, JPEG...).
+
+    Applied to whole frames before the tile crop, as a camera degrades the whole picture (a blur or a JPEG block
+    at a tile's edge sees the pixels beyond it). Returns a new array; `frames` is left as it is.
+    """
+    from marsseg.edge.degrade import random_camera
+
+    return np.stack([random_camera(f, rng, strength) for f in frames])
+
+
 def photometric(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Random exposure per tile (gamma, gain, offset), so the model does not learn one camera's lighting.
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainTiles(keras.utils.PyDataset):
-    """Fresh random crops, flips (and exposure changes) every epoch, batched as (float input, int labels)."""
+    """Fresh random crops, flips (and camera and exposure changes) every epoch, batched as (float input, int labels)."""
 
     def __init__(self, ds: D.Dataset, cfg: TrainConfig) -> None:
         super().__init__()
@@ -34,7 +34,10 @@ class TrainTiles(keras.utils.PyDataset):
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
-        x, y = D.random_tiles(self.ds, self.rng, self.cfg.tiles_per_frame, self.cfg.hflip, self.cfg.vflip)
+        ds = self.ds
+        if self.cfg.degrade > 0:
+            ds = D.Dataset(D.degrade(ds.frames, self.rng, self.cfg.degrade), ds.masks, ds.names)
+        x, y = D.random_tiles(ds, self.rng, self.cfg.tiles_per_frame, self.cfg.hflip, self.cfg.vflip)
         if self.cfg.photometric > 0:
             x = D.photometric(x, self.rng, self.cfg.photometric)
         order = self.rng.permutation(len(x))

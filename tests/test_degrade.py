@@ -1,0 +1,105 @@
+"""Camera degradations: the benchmark suite and training's random camera."""
+
+import numpy as np
+import pytest
+from marsseg.edge import degrade as G
+from marsseg.train import data as D
+
+from tests.conftest import synthetic_frames
+
+
+def textured(n: int = 3, seed: int = 0) -> np.ndarray:
+    """Frames with terrain-like texture at several scales and mid-range brightness, so every degradation shows."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        fine = rng.normal(0, 18, (128, 128))
+        coarse = cv2.resize(rng.normal(0, 30, (8, 8)), (128, 128), interpolation=cv2.INTER_CUBIC)
+        out.append(np.clip(120 + coarse + cv2.GaussianBlur(fine, (0, 0), 0.7), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("corruption", G.SUITE, ids=lambda c: c.name)
+def test_each_corruption_keeps_shape_is_seeded_and_grows_with_severity(corruption):
+    frames = textured()
+    runs = [G.corrupt_frames(frames, corruption, s, seed=7) for s in (1, 2, 3)]
+    for out in runs:
+        assert out.shape == frames.shape and out.dtype == np.uint8
+    assert np.array_equal(runs[1], G.corrupt_frames(frames, corruption, 2, seed=7))  # same seed, same frames
+    change = [np.abs(out.astype(int) - frames).mean() for out in runs]
+    assert 0 < change[0] < change[1] < change[2], change  # mean absolute change grows with severity
+    other = frames.copy()
+    other[0] = 255 - other[0]  # a frame's result does not depend on the other frames evaluated with it
+    assert np.array_equal(G.corrupt_frames(other, corruption, 2, seed=7)[1:], runs[1][1:])
+
+
+def test_random_corruptions_differ_by_seed_and_frame():
+    frames = np.repeat(textured(1), 2, axis=0)
+    noise = G.BY_NAME["sensor-noise"]
+    a, b = G.corrupt_frames(frames, noise, 2, seed=0), G.corrupt_frames(frames, noise, 2, seed=1)
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])  # each frame draws its own noise
+
+
+def test_blur_removes_high_frequencies_and_sharpening_adds_them():
+    frame = textured(1)[0]
+
+    def detail(img):
+        return np.abs(np.diff(img.astype(int), axis=1)).mean()
+
+    assert detail(G.gaussian_blur(frame, sigma=1.0)) < detail(G.gaussian_blur(frame, sigma=0.5)) < detail(frame)
+    assert detail(G.defocus(frame, radius=2.0)) < detail(G.defocus(frame, radius=1.0)) < detail(frame)
+    assert detail(G.sharpen(frame, amount=1.0, sigma=1.0)) > detail(frame)
+
+
+def test_motion_blur_follows_its_direction():
+    frame = textured(1)[0]
+    horizontal = G.motion_blur(frame, length=7, angle=0).astype(int)
+    vertical = G.motion_blur(frame, length=7, angle=90).astype(int)
+    # blurring along x smooths differences along x far more than along y, and the other way round
+    assert np.abs(np.diff(horizontal, axis=1)).mean() < 0.7 * np.abs(np.diff(horizontal, axis=0)).mean()
+    assert np.abs(np.diff(vertical, axis=0)).mean() < 0.7 * np.abs(np.diff(vertical, axis=1)).mean()
+    assert abs(int(horizontal.mean()) - int(frame.mean())) <= 1  # the kernel keeps brightness
+
+
+def test_vignetting_darkens_corners_not_the_centre():
+    flat = np.full((65, 129), 200, np.uint8)
+    out = G.vignetting(flat, strength=0.5)
+    assert out[32, 64] == 200 and out[0, 0] == 100 and out[64, 128] == 100
+
+
+def test_sensor_noise_is_signal_dependent():
+    rng = np.random.default_rng(0)
+    dark, bright = np.full((128, 128), 20, np.uint8), np.full((128, 128), 220, np.uint8)
+    sd = [G.sensor_noise(img, rng, full_well=500.0, read=0.0).std() for img in (dark, bright)]
+    assert sd[1] > 2 * sd[0]  # shot noise grows as the square root of the signal
+
+
+def test_augmentation_off_is_identity_and_on_varies_per_frame():
+    frames, _ = synthetic_frames(n=40)
+    assert np.array_equal(D.degrade(frames, np.random.default_rng(0), 0.0), frames)
+    a = D.degrade(frames, np.random.default_rng(3), 1.0)
+    assert a.shape == frames.shape and a.dtype == np.uint8
+    assert np.array_equal(a, D.degrade(frames, np.random.default_rng(3), 1.0))  # seeded
+    changed = (a != frames).reshape(len(frames), -1).mean(1)
+    untouched = (changed == 0).mean()
+    assert 0.05 < untouched < 0.5  # about a quarter pass as they are (hot/dead pixels may miss a frame entirely)
+    assert len(np.unique(np.round(changed[changed > 0], 3))) > 20  # the rest: different cameras, not one
+    stronger = D.degrade(frames, np.random.default_rng(3), 2.0)
+    assert np.abs(stronger.astype(int) - frames).mean() > np.abs(a.astype(int) - frames).mean()
+
+
+def test_training_tiles_are_degraded_before_the_crop(frames_file):
+    """The random camera runs on whole frames inside the training data stream, seeded by train_seed."""
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import TrainTiles
+
+    ds = D.load_dataset(frames_file)
+    plain = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8))
+    cam = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
+    again = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
+    assert np.array_equal(cam.x, again.x) and cam.x.shape == plain.x.shape
+    assert not np.array_equal(cam.x, plain.x)
+    assert np.array_equal(ds.frames, D.load_dataset(frames_file).frames)  # the dataset itself is not touched
