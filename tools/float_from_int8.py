@@ -75,6 +75,10 @@ def rebuild(model_path: Path, cfg, tiles: np.ndarray, offsets: np.ndarray):
     last = order[-1]
     last.bias.assign(keras.ops.convert_to_numpy(last.bias) - offsets.astype(np.float32))
     bns = [model.get_layer(n) for n in folded]
+    for bn in bns:  # first the exact folded function (identity plus bias), so the statistics below are the real ones
+        c = bn.input.shape[-1]
+        bn.set_weights([np.ones(c, np.float32), folded[bn.name], np.zeros(c, np.float32),
+                        np.full(c, 1.0 - bn.epsilon, np.float32)])
     probe = keras.Model(model.input, [bn.input for bn in bns])
     sums = [np.zeros(bn.input.shape[-1], np.float64) for bn in bns]
     squares = [np.zeros_like(s) for s in sums]
@@ -106,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from marsseg.edge.io import write_atomic
     from marsseg.train import data as D
-
     from marsseg.train.config import TrainConfig
     from marsseg.train.fit import prepare_data
 
