@@ -4,7 +4,7 @@ Examples:
   marsseg-edge --camera 0 --serial /dev/ttyUSB0 --baud 921600
   marsseg-edge frames/ out/                       # positional input/output, like segNet
   marsseg-edge --source 'shots/*.png' --output out/ --npz --jsonl
-  marsseg-edge --source drive.mp4 --video out/overlay.mp4 --scale 0.125
+  marsseg-edge --source drive.mp4 --video out/overlay.mp4 --fov 45
   marsseg-edge --source demo --output out/demo --summary
   marsseg-edge --config /etc/marsseg/edge.toml
 
@@ -37,8 +37,9 @@ class EdgeConfig:
     output: str | None = None
     model: str | None = None  # default: the bundled model
     overlap: float = 0.25
-    scale: float = 1.0
-    resize: str | None = None  # WxH
+    fov: float | None = None  # camera's horizontal field of view, degrees: resize to the model's ground scale
+    scale: float | None = None  # overrides fov
+    resize: str | None = None  # WxH; overrides scale and fov
     cell: int = 16
     overlay: bool = True
     npz: bool = False
@@ -73,8 +74,10 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     src.add_argument("--camera", help="camera index or /dev/videoN (live: newest frame wins)")
     src.add_argument("--source", help="image folder, glob, video file, frames .npz, URL, GStreamer pipeline, "
                                       "or 'demo' (the bundled clip)")
-    src.add_argument("--scale", type=float, help="resize factor to the model's ground scale")
-    src.add_argument("--resize", help="resize frames to WxH instead of --scale")
+    src.add_argument("--fov", type=float, help="the camera's horizontal field of view in degrees: frames are resized "
+                                               "to the model's ground scale (e.g. 45 for an MSL navcam)")
+    src.add_argument("--scale", type=float, help="resize factor instead of --fov (0.125: 1024-px navcam frames)")
+    src.add_argument("--resize", help="resize frames to WxH instead of --fov/--scale")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="int8 .tflite with its .json metadata beside it (default: bundled)")
     m.add_argument("--overlap", type=float, help="tile overlap as a fraction of the tile (default 0.25)")
@@ -115,8 +118,10 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
         p.error("no input: pass --camera N or --source PATH (or a positional input)")
     if not 0 <= cfg.overlap < 1:
         p.error(f"--overlap must be a fraction in [0, 1), got {cfg.overlap}")
-    if cfg.scale <= 0 or cfg.cell < 1 or cfg.baud < 300 or cfg.map_rate <= 0:
+    if (cfg.scale is not None and cfg.scale <= 0) or cfg.cell < 1 or cfg.baud < 300 or cfg.map_rate <= 0:
         p.error("--scale, --cell, --baud and --map-rate must be positive")
+    if cfg.fov is not None and not 0 < cfg.fov < 180:
+        p.error(f"--fov is the camera's horizontal field of view in degrees, in (0, 180); got {cfg.fov}")
     if not 0 <= cfg.min_confidence <= 1:
         p.error(f"--min-confidence must be in [0, 1], got {cfg.min_confidence}")
     if cfg.resize is not None:
@@ -187,7 +192,7 @@ def build_and_run(cfg: EdgeConfig) -> int:
         publishers.append(JsonLinesPublisher(sys.stdout, meta.class_names))
     runtime = Runtime(source, Segmenter(model, cfg.overlap), publishers, table, cfg.cell, cfg.scale,
                       parse_size(None, cfg.resize) if cfg.resize else None, cfg.log_interval, cfg.watchdog,
-                      cfg.max_frames)
+                      cfg.max_frames, cfg.fov)
     if cfg.serial:
         from marsseg.edge.serial_link import SerialPublisher
 

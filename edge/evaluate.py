@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, ValueError, OSError) as e:
         print(f"marsseg-eval: error: {e}", file=sys.stderr)
         return 2
-    report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "data": str(a.data),
+    report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "run_id": model.meta.run_id,
+              "data": str(a.data),
               "frames": len(frames), "results": results}
     if study:
         report["corruptions"] = study

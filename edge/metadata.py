@@ -40,6 +40,8 @@ class ModelMetadata:
     run_id: str = ""
     train_metrics: dict = field(default_factory=dict)
     export: dict = field(default_factory=dict)
+    deg_per_pixel: float = 0.0  # ground scale: degrees of view per pixel of the training frames (0 = not recorded)
+    float_model: dict = field(default_factory=dict)  # {file, sha256} of the float .keras it was exported from
     format: str = FORMAT
 
     @property
@@ -77,8 +79,9 @@ def metadata_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def build_metadata(model_path: Path, interp: Any, run_id: str, train_metrics: dict, export: dict) -> ModelMetadata:
-    """Describe an exported model from the shared spec and the model's own tensors."""
+def build_metadata(model_path: Path, interp: Any, run_id: str, train_metrics: dict, export: dict,
+                   deg_per_pixel: float = 0.0, float_model: dict | None = None) -> ModelMetadata:
+    """Describe an exported model from the shared spec, the model's own tensors and its training run."""
     i, o = input_info(interp), output_info(interp)
     return ModelMetadata(
         model_file=model_path.name,
@@ -93,6 +96,8 @@ def build_metadata(model_path: Path, interp: Any, run_id: str, train_metrics: di
         run_id=run_id,
         train_metrics=train_metrics,
         export=export,
+        deg_per_pixel=deg_per_pixel,
+        float_model=float_model or {},
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
-from marsseg.edge.sources import FileSource, Frame, LiveSource, to_gray
+from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray
 from marsseg.edge.terrain import CostTable, terrain_grid
 
 log = logging.getLogger("marsseg.edge")
@@ -40,10 +40,18 @@ class RunStats:
 
 class Runtime:
     def __init__(self, source: FileSource | LiveSource, segmenter: Segmenter, publishers: list[Publisher],
-                 table: CostTable, cell: int, scale: float = 1.0, size: tuple[int, int] | None = None,
-                 log_interval: float = 5.0, watchdog_s: float = 0.0, max_frames: int = 0) -> None:
+                 table: CostTable, cell: int, scale: float | None = None, size: tuple[int, int] | None = None,
+                 log_interval: float = 5.0, watchdog_s: float = 0.0, max_frames: int = 0,
+                 fov: float | None = None) -> None:
+        """Frames are resized to `size` (WxH), else by `scale`, else by the camera's `fov` to the model's ground
+        scale (its metadata's `deg_per_pixel`), else run as they come."""
         self.source, self.segmenter, self.publishers = source, segmenter, publishers
-        self.table, self.cell, self.scale, self.size = table, cell, scale, size
+        self.table, self.cell, self.scale, self.size, self.fov = table, cell, scale, size, fov
+        self.deg_per_pixel = segmenter.model.meta.deg_per_pixel
+        if fov is not None and scale is None and size is None and not self.deg_per_pixel:
+            raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
+                             "not record one (exported before it was); pass --scale or --resize instead")
+        self._warned_fine = False
         self.log_interval, self.watchdog_s, self.max_frames = log_interval, watchdog_s, max_frames
         self.num_classes = segmenter.model.meta.num_classes
         self.stats = RunStats(class_counts=np.zeros(self.num_classes, np.int64))
@@ -107,7 +115,8 @@ class Runtime:
             return
         try:
             gray = to_gray(frame.image)
-            work = to_gray(gray, self.scale, self.size) if (self.scale != 1.0 or self.size) else gray
+            scale = self._scale(gray.shape[1])
+            work = to_gray(gray, scale, self.size) if (scale != 1.0 or self.size) else gray
         except (ValueError, cv2.error) as e:
             self._bad(frame, str(e))
             return
@@ -144,6 +153,18 @@ class Runtime:
         if frame.truth is not None and frame.truth.shape == mask.shape:
             cm = confusion_matrix(frame.truth, mask, self.num_classes)
             st.confusion = cm if st.confusion is None else st.confusion + cm
+
+    def _scale(self, width: int) -> float:
+        if self.scale is not None or self.size is not None:
+            return self.scale or 1.0
+        if self.fov is not None:
+            return ground_scale(width, self.fov, self.deg_per_pixel)
+        if not self._warned_fine:
+            self._warned_fine = True
+            warning = fine_frame_warning(width, self.deg_per_pixel)
+            if warning:
+                log.warning(warning)
+        return 1.0
 
     def _bad(self, frame: Frame, why: str) -> None:
         self.stats.bad_frames += 1

@@ -75,6 +75,29 @@ def to_gray(image: np.ndarray, scale: float = 1.0, size: tuple[int, int] | None 
     return image
 
 
+WIDEST_FOV = 90.0  # degrees: the widest lens `fine_frame_warning` assumes an unannounced camera has
+
+
+def ground_scale(width: int, fov: float, deg_per_pixel: float) -> float:
+    """Resize factor bringing a frame `width` pixels across `fov` degrees to the model's `deg_per_pixel`.
+
+    A 1024-px MSL navcam frame (45°) for a model of 45°/128 px: 45 / 1024 / 0.3516 = 0.125, the 8× downsampling
+    that made the training frames. Resizing by field of view rather than by a fixed factor keeps the ground scale
+    right whatever resolution the camera is set to.
+    """
+    return fov / width / deg_per_pixel
+
+
+def fine_frame_warning(width: int, deg_per_pixel: float) -> str | None:
+    """A warning when a frame run at 1:1 is far finer than the model's ground scale, whatever the camera's lens:
+    even across `WIDEST_FOV` its pixels would be under half the model's."""
+    if not deg_per_pixel or WIDEST_FOV / width >= deg_per_pixel / 2:
+        return None
+    return (f"frames {width} px wide run at 1:1 are far finer than the model's ground scale ({deg_per_pixel:.3f}° "
+            f"per pixel) with any lens up to {WIDEST_FOV:g}°: pass --fov DEG (the camera's horizontal field of view), "
+            "or --scale/--resize")
+
+
 class FileSource:
     """Every frame of an image folder/glob, a video file or a frames .npz, in order."""
 

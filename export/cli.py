@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.edge.interpreter import ModelError, make_interpreter
-from marsseg.edge.io import write_atomic, write_bytes_atomic, write_text_atomic
+from marsseg.edge.io import sha256_file, write_atomic, write_bytes_atomic, write_text_atomic
 from marsseg.edge.metadata import build_metadata, metadata_path
 from marsseg.edge.spec import CLASS_NAMES, TILE_SHAPE
 from marsseg.train.data import DataError
@@ -75,6 +75,7 @@ def plot_iou(results: list[dict], path: Path) -> None:
 def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, data: str | None) -> dict:
     from marsseg.export import convert as C
     from marsseg.export.calibrate import load_calibration
+    from marsseg.train.config import TrainConfig
     from marsseg.train.fit import predict_classes, validation_tiles_for_run
 
     run_dir = model_path.parent
@@ -90,6 +91,12 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
         train_metrics = {k: m[k] for k in ("mean_iou", "per_class_iou", "pixel_accuracy", "best_epoch",
                                             "parameters", "macs_per_tile") if k in m}
 
+    # the float model ships beside the int8 one (weights only, no optimizer state) for fine-tuning on a user's camera
+    float_path = out_dir / "model.keras"
+    write_atomic(float_path, lambda p: model.save(p))
+    float_model = {"file": float_path.name, "sha256": sha256_file(float_path)}
+    deg_per_pixel = TrainConfig.load(run_dir / "config.json").deg_per_pixel
+
     timings, paths = {}, {}
     for kind, calib in (("float32", None), ("int8", tiles)):
         t0 = time.perf_counter()
@@ -101,7 +108,8 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
         write_bytes_atomic(path, content)
         meta = build_metadata(path, make_interpreter(path), run_dir.name, train_metrics,
                               {"calibration": str(calibration), "calibration_tiles": len(tiles),
-                               "converter": "tf.lite.TFLiteConverter.from_keras_model", "kind": kind})
+                               "converter": "tf.lite.TFLiteConverter.from_keras_model", "kind": kind},
+                              deg_per_pixel, float_model)
         meta.model_file = final.name
         write_text_atomic(metadata_path(path), meta.to_json())
         paths[kind] = (path, final, meta)

@@ -103,3 +103,50 @@ def test_training_tiles_are_degraded_before_the_crop(frames_file):
     assert np.array_equal(cam.x, again.x) and cam.x.shape == plain.x.shape
     assert not np.array_equal(cam.x, plain.x)
     assert np.array_equal(ds.frames, D.load_dataset(frames_file).frames)  # the dataset itself is not touched
+
+
+def band_teacher():
+    """A 'model' that knows the synthetic frames' rule (class = brightness // 50), as one-hot probabilities."""
+    import keras
+    from keras import ops
+
+    inp = keras.Input((64, 128, 1))
+    bands = keras.layers.Lambda(lambda x: ops.one_hot(
+        ops.cast(ops.clip(ops.floor(x[..., 0] * 255.0 / 50.0), 0, 4), "int32"), 5))(inp)
+    return keras.Model(inp, bands)
+
+
+def test_distillation_targets_are_the_teachers_answers_on_the_same_clean_crop(frames_file):
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import TrainTiles
+
+    ds = D.load_dataset(frames_file)
+    tiles = TrainTiles(ds, TrainConfig(train_seed=1, batch_size=8, degrade=1.0, photometric=0.3, distill=1.0,
+                                       init_from="x.keras"), band_teacher())
+    x, y = tiles[0]
+    assert x.shape == (8, 64, 128, 1) and y.shape == (8, 64, 128, 6)
+    labels, soft = y[..., 0], y[..., 1:]
+    # the teacher saw the clean frame cropped and flipped like the labels, not the degraded input
+    assert np.array_equal(soft.argmax(-1), labels)
+    assert not np.array_equal((tiles.x // 50).clip(0, 4), tiles.y)  # while the model's input was changed
+
+
+def test_distillation_loss_adds_the_gap_to_the_teacher():
+    from marsseg.train.losses import make_loss, with_distillation
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 5, (2, 8, 8)).astype(np.float32)
+    student = rng.dirichlet(np.ones(5), (2, 8, 8)).astype(np.float32)
+    base = make_loss("wce", np.array([0, 1, 1, 1, 1], np.float32))
+    loss = with_distillation(base, 0.5)
+    same = np.concatenate([labels[..., None], student], -1)
+    assert float(loss(same, student)) == pytest.approx(float(base(labels, student)), abs=1e-5)  # no gap, no term
+    other = np.concatenate([labels[..., None], rng.dirichlet(np.ones(5), (2, 8, 8)).astype(np.float32)], -1)
+    assert float(loss(other, student)) > float(base(labels, student)) + 0.05
+
+
+def test_distillation_needs_a_model_to_learn_from():
+    from marsseg.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="distill needs init_from"):
+        TrainConfig(distill=1.0)

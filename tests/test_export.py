@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from marsseg.edge import interpreter as it
+from marsseg.edge.io import sha256_file
 from marsseg.edge.metadata import load_metadata
 from marsseg.export.cli import main as export_main
 
@@ -32,6 +33,14 @@ def test_export_writes_int8_model_metadata_and_report(tiny_run):
     assert meta.input_quant.dtype == "int8" and meta.output_quant.zero_point == -128
     assert meta.run_id == "tiny" and "mean_iou" in meta.train_metrics
     assert meta.model_sha256 == load_metadata(out / "model_int8.json").model_sha256
+    assert meta.deg_per_pixel == pytest.approx(45 / 128)  # the run's ground scale, for marsseg-edge --fov
+    shipped = out / meta.float_model["file"]  # the float weights ship beside the int8 model, without optimizer state
+    assert sha256_file(shipped) == meta.float_model["sha256"]
+    import keras
+
+    reloaded = keras.saving.load_model(shipped)
+    assert getattr(reloaded, "optimizer", None) is None
+    assert reloaded.count_params() == keras.saving.load_model(tiny_run).count_params()
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] and report["op_report"]["problems"] == []
     assert "CONV_2D" in report["op_report"]["ops"] and "DELEGATE" not in report["op_report"]["ops"]

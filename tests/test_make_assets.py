@@ -46,17 +46,49 @@ def test_lineage_names_a_missing_parent_run(tmp_path, monkeypatch):
         make_assets.lineage(tmp_path / "runs" / "b")
 
 
-def test_card_quotes_frame_level_and_exposure_figures_from_the_runs_eval(tmp_path):
+def _study(clean: float, drops: dict[str, tuple[float, float, float]]) -> dict:
+    rows = [{"corruption": k, "severity": s + 1, "mean_iou": clean - d, "drop": d}
+            for k, ds in drops.items() for s, d in enumerate(ds)]
+    mean = sum(r["mean_iou"] for r in rows) / len(rows)
+    worst = min((r for r in rows if r["severity"] == 2), key=lambda r: r["mean_iou"])
+    return {"overlap": 0.25, "clean": {"mean_iou": clean}, "results": rows, "corrupted_mean_iou": mean,
+            "drop": clean - mean,
+            "worst_severity_2": {"corruption": worst["corruption"], "mean_iou": worst["mean_iou"]}}
+
+
+def test_card_quotes_frame_level_and_corruption_figures_from_the_runs_eval(tmp_path):
     run = tmp_path / "run"
     assert "not evaluated" in make_assets.frame_level(run)
+    assert make_assets.robustness_section(run, None) == ""
     (run / "eval").mkdir(parents=True)
-    result = {"overlap": 0.0, "mean_iou": 0.61234}
-    report = {"frames": 7, "results": [result, {"overlap": 0.25, "mean_iou": 0.65}],
-              "exposure": [{**result, "exposure": "dark", "gamma": 1.25, "gain": 0.8, "offset": 0.0, "mean_iou": 0.5}]}
+    study = _study(0.7, {"jpeg": (0.01, 0.02, 0.05), "dark": (0.0, 0.01, 0.03)})
+    report = {"frames": 7, "results": [{"overlap": 0.0, "mean_iou": 0.61234}, {"overlap": 0.25, "mean_iou": 0.65}],
+              "corruptions": study}
     (run / "eval" / "eval.json").write_text(json.dumps(report))
     text = make_assets.frame_level(run)
     assert "7 validation frames): overlap 0 0.6123, overlap 0.25 0.6500." in text
-    assert "dark (gamma 1.25, gain 0.8, offset +0) 0.5000" in text
+    assert "corrupted mean IoU 0.6800 (clean 0.7000, drop 0.0200); worst at severity 2: jpeg 0.6800" in text
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"run_id": "v17q", "model_sha256": "ab" * 32,
+                               "corruptions": _study(0.73, {"jpeg": (0.3, 0.4, 0.5), "dark": (0.02, 0.05, 0.09)})}))
+    table = make_assets.robustness_section(run, old)
+    assert "| degradation | before (v17q) s1 | s2 | s3 | this model (run) s1 | s2 | s3 |" in table
+    assert "| jpeg | 0.4300 | 0.3300 | 0.2300 | 0.6900 | 0.6800 | 0.6500 |" in table
+    assert "| clean | 0.7300 |  |  | 0.7000 |  |  |" in table and "| **corrupted mean** | 0.5033 |" in table
+
+
+def test_a_leg_started_from_a_tool_made_model_ends_the_lineage_with_its_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "rebuilt").mkdir()
+    (runs / "rebuilt" / "provenance.json").write_text(json.dumps(
+        {"command": "python -m tools.float_from_int8 m.tflite --out runs/rebuilt/model.keras", "note": "rebuilt"}))
+    _leg(runs, "ft", init_from="runs/rebuilt/model.keras")
+    chain = make_assets.lineage(runs / "ft")
+    assert [run.name for run, _, _ in chain] == ["ft"]
+    lines = make_assets.reproduce(chain)
+    assert lines[0].startswith("python -m tools.float_from_int8") and lines[1].startswith("marsseg-train")
 
 
 def test_a_config_from_before_logit_adjustment_is_rebuilt_without_it(monkeypatch):

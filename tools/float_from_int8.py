@@ -14,7 +14,9 @@ step, which normalises by batch statistics, starts from nearly the same one. Log
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="logit offsets folded into the int8 model, taken out (see its model card)")
     p.add_argument("--out", type=Path, required=True, help="the .keras file to write")
     a = p.parse_args(argv)
-    from marsseg.edge.io import write_atomic
+    from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
     from marsseg.train import data as D
     from marsseg.train.config import TrainConfig
     from marsseg.train.fit import prepare_data
@@ -120,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     model = rebuild(a.model, cfg, x[pick], np.asarray(a.offsets or [0.0] * 5, np.float32))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, lambda path: model.save(path))
+    meta = json.loads(a.model.with_suffix(".json").read_text()) if a.model.with_suffix(".json").is_file() else {}
+    write_text_atomic(a.out.parent / "provenance.json", json.dumps({  # what tools.make_assets quotes in a model card
+        "command": "python -m tools.float_from_int8 " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "note": f"float weights rebuilt from the int8 export of run {meta.get('run_id', '?')} (sha256 "
+                f"{sha256_file(a.model)[:12]}…) by `tools/float_from_int8.py`: per-channel dequantized kernels and "
+                f"biases (batch norm folded), batch norm re-parameterised to identity on {len(pick)} training tiles, "
+                f"logit offsets {list(a.offsets)} taken out; that run's own float weights were lost with its runs/ "
+                "folder.",
+    }, indent=1))
     print(f"{a.out}: float model rebuilt from {a.model}")
     return 0
 

@@ -2,9 +2,9 @@
 
   python -m tools.make_assets --run runs/default-v1
 
-Copies `<run>/export/model_int8.{tflite,json}`, writes `val_names.json` (the run's validation frames),
-`demo_clip.npz` (real validation frames with their masks, spread over the split, big rock included) and
-`MODEL_CARD.md` (data, split, config, commands, metrics, date).
+Copies `<run>/export/model_int8.{tflite,json}` and the float `model.keras` exported beside them, writes
+`val_names.json` (the run's validation frames), `demo_clip.npz` (real validation frames with their masks, spread
+over the split, big rock included) and `MODEL_CARD.md` (data, split, config, commands, metrics, robustness, date).
 """
 
 from __future__ import annotations
@@ -41,17 +41,28 @@ def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
 
 
 def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
-    """(run folder, config, metrics) for `run` and every run it continued from (`init_from`), oldest first."""
+    """(run folder, config, metrics) for `run` and every run it continued from (`init_from`), oldest first.
+
+    The chain also ends at a start that was not trained but made by a tool (its folder's `provenance.json`, e.g.
+    `tools.float_from_int8`); `origin` gives that tool's command.
+    """
     chain = []
     while True:
         chain.append((run, json.loads((run / "config.json").read_text()),
                       json.loads((run / "metrics.json").read_text())))
         start = chain[-1][1].get("init_from")
-        if not start:
+        if not start or origin(chain[::-1]):
             return chain[::-1]
         run = Path(start).parent
         if not (run / "metrics.json").exists():
             raise FileNotFoundError(f"{chain[-1][0]} continued from {start}, but {run} is not a finished run folder")
+
+
+def origin(chain: list[tuple[Path, dict, dict]]) -> dict:
+    """The `provenance.json` ({command, note}) of the folder the oldest leg started from, if a tool made it."""
+    start = chain[0][1].get("init_from")
+    path = Path(start).parent / "provenance.json" if start else None
+    return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
 def train_command(cfg: dict) -> str:
@@ -67,18 +78,37 @@ def train_command(cfg: dict) -> str:
 
 
 def frame_level(run: Path) -> str:
-    """Card lines from `marsseg-eval … --output <run>/eval` (frame level, exposure changes), when it was run."""
+    """Card lines from `marsseg-eval … --output <run>/eval` (frame level, camera degradations), when it was run."""
     path = run / "eval" / "eval.json"
     if not path.is_file():
         return "  Frame level: not evaluated (`marsseg-eval … --output <run>/eval`).\n"
     ev = json.loads(path.read_text())
     lines = [f"  Frame level (`marsseg-eval`, int8, {ev['frames']} validation frames): " + ", ".join(
         f"overlap {r['overlap']:g} {r['mean_iou']:.4f}" for r in ev["results"])]
-    if ev.get("exposure"):
-        lines.append("  Under exposure changes (overlap {:g}): ".format(ev["exposure"][0]["overlap"]) + ", ".join(
-            f"{r['exposure']} (gamma {r['gamma']:g}, gain {r['gain']:g}, offset {r['offset']:+g}) {r['mean_iou']:.4f}"
-            for r in ev["exposure"]))
+    if ev.get("corruptions"):
+        c = ev["corruptions"]
+        w = c["worst_severity_2"]
+        lines.append(f"  Under camera degradations (`--corruptions`, overlap {c['overlap']:g}, 12 kinds × 3 "
+                     f"severities): corrupted mean IoU {c['corrupted_mean_iou']:.4f} (clean "
+                     f"{c['clean']['mean_iou']:.4f}, drop {c['drop']:.4f}); worst at severity 2: {w['corruption']} "
+                     f"{w['mean_iou']:.4f}")
     return ".\n".join(lines) + ".\n"
+
+
+def robustness_table(studies: dict[str, dict]) -> str:
+    """Markdown table of corruption × severity mean IoU for each named model's `--corruptions` study."""
+    names = list(studies)
+    head = "| degradation | " + " | ".join(f"{n} s1 | s2 | s3" for n in names) + " |"
+    rule = "|---|" + "---|---|---|" * len(names)
+    kinds = list(dict.fromkeys(r["corruption"] for s in studies.values() for r in s["results"]))
+    rows = []
+    for label, pick in (("clean", lambda s: [s["clean"]["mean_iou"], "", ""]),
+                        *((k, lambda s, k=k: [r["mean_iou"] for r in s["results"] if r["corruption"] == k])
+                          for k in kinds),
+                        ("**corrupted mean**", lambda s: [s["corrupted_mean_iou"], "", ""])):
+        cells = [f"{v:.4f}" if isinstance(v, float) else v for s in studies.values() for v in pick(s)]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
 
 
 def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
@@ -105,10 +135,11 @@ def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
 def reproduce(chain: list[tuple[Path, dict, dict]]) -> list[str]:
     """The commands that rebuild a lineage, oldest first: each leg's training line, then its `marsseg-adjust` line
     when it was adjusted after training (e.g. its offsets taken out before a quantization-aware leg)."""
-    return [line for leg, c, m in chain for line in (train_command(c), adjustment(leg, c, m)[1]) if line]
+    made = [origin(chain)["command"]] if origin(chain) else []
+    return made + [line for leg, c, m in chain for line in (train_command(c), adjustment(leg, c, m)[1]) if line]
 
 
-def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
+def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path | None = None) -> str:
     r = {x["name"]: x for x in export["results"]}
     names = ("keras_float32", "tflite_float32", "tflite_int8")
     rows = "\n".join(
@@ -126,7 +157,10 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
     adjust_line = adjustment(run, cfg, metrics)[0]
     gmac = metrics["macs_per_tile"] / 1e9
     eval_cmd = (f"marsseg-eval ai4mars-frames-128.npz --model runs/{run.name}/export/model_int8.tflite "
-                f"--names runs/{run.name}/split.json --overlap 0 0.25 --exposure --output runs/{run.name}/eval")
+                f"--names runs/{run.name}/split.json --overlap 0.25 0 --corruptions --output runs/{run.name}/eval")
+    start = origin(chain)
+    started = f"  The first leg started from a model made by a tool, not trained: {start['note']}\n" if start else ""
+    robustness = robustness_section(run, baseline)
     return f"""# Model card: bundled default marsseg model
 
 - **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
@@ -141,7 +175,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
 - **Training**: loss `{cfg['loss']}`, background weight {cfg['background_weight']}, batch {cfg['batch_size']},
   Adam, on {metrics['backend']} / CPU, in {len(chain)} leg(s); a CPU run is cut into time-budgeted legs,
   each starting from the previous leg's best checkpoint:
-
+{started}
 | run | started from | learning rate, schedule | class-weight cap | weight EMA | epochs | wall | val mean IoU (float) |
 |---|---|---|---|---|---|---|---|
 {legs}
@@ -155,7 +189,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
   int8 − float Keras: {-export['int8_drop_points']:+.2f} mean-IoU points (the export gate allows a drop of at most
   {export['budget_points']}).
 {adjust_line}  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
-{frame_level(run)}- **Reproduce** (in order; each leg's `init_from` is the previous leg's `runs/<name>/model.keras`):
+{frame_level(run)}{robustness}- **Reproduce** (in order; each leg's `init_from` is the previous leg's
+  `runs/<name>/model.keras`):
   ```
 {commands}
   marsseg-export --model runs/{run.name}/model.keras
@@ -164,7 +199,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict) -> str:
   ```
 - **Made**: {time.strftime('%Y-%m-%d')}.
 - **Limits**: trained on MSL navcam frames downsampled 8× (1024→128); other cameras or ground scales need
-  `--scale` or retraining. Labels are crowd-sourced and coarse at boundaries; big rock is rare (~0.5% of
+  `--fov`/`--scale` or retraining. Labels are crowd-sourced and coarse at boundaries; big rock is rare (~0.5% of
   pixels) and the weakest class. Background is excluded from the loss, so the model never answers
   "unknown": sky and rover hardware get a terrain class.
 
@@ -175,12 +210,29 @@ Run config of `{run.name}`:
 """
 
 
+def robustness_section(run: Path, baseline: Path | None) -> str:
+    """The card's corruption table: this model and, when given, the model it replaces (`--baseline eval.json`)."""
+    path = run / "eval" / "eval.json"
+    study = json.loads(path.read_text()).get("corruptions") if path.is_file() else None
+    if not study:
+        return ""
+    studies = {}
+    if baseline:
+        old = json.loads(baseline.read_text())
+        studies[f"before ({old.get('run_id') or old['model_sha256'][:8]})"] = old["corruptions"]
+    studies[f"this model ({run.name})"] = study
+    return ("- **Robustness** (int8, frame level; each degradation of `marsseg/edge/degrade.py` applied to the whole\n"
+            "  frame before tiling at severities 1–3, seed 0; mean IoU over classes 1–4):\n\n"
+            + robustness_table(studies) + "\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--export-dir", type=Path)
     p.add_argument("--data", help="frames file (default: the run's)")
     p.add_argument("--clip-frames", type=int, default=24)
+    p.add_argument("--baseline", type=Path, help="eval.json (with --corruptions) of the model being replaced")
     a = p.parse_args(argv)
     exp = a.export_dir or a.run / "export"
     split = json.loads((a.run / "split.json").read_text())
@@ -191,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     for suffix in (".tflite", ".json"):
         shutil.copy(exp / f"model_int8{suffix}", ASSETS / f"model_int8{suffix}")
     meta = json.loads((ASSETS / "model_int8.json").read_text())
+    if meta.get("float_model"):
+        shutil.copy(exp / meta["float_model"]["file"], ASSETS / meta["float_model"]["file"])
     write_text_atomic(ASSETS / "val_names.json", json.dumps(split["val_names"]))
     ds = D.load_dataset(D.resolve_data_path(a.data or split["data"]))
     clip = demo_clip(ds, split["val_names"], a.clip_frames)
     write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
         f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
         provenance=f"{len(clip)} validation frames of run {a.run.name} from {Path(split['data']).name}"))
-    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta))
+    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta, a.baseline))
     print(f"bundled {a.run} into {ASSETS}")
     return 0
 

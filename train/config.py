@@ -42,7 +42,9 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = False
     photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (see data.photometric)
+    deg_per_pixel: float = 45.0 / 128  # ground scale of the frames (AI4Mars: MSL navcam 45° over 1024 px, ÷ 8)
     degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
+    distill: float = 0.0  # >0: weight of matching init_from's clean-frame answers (losses.with_distillation)
     limit_frames: int = 0  # >0: use only this many frames (smoke tests)
     outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
     # optimisation
@@ -66,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if not self.logit_adjust_scales:
             raise ValueError("logit_adjust_scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
+        if self.distill and not self.init_from:
+            raise ValueError("distill needs init_from: the model whose clean-frame answers are matched")
         if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
             raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
                              f"got {self.warmup_epochs} with {self.schedule!r}")

@@ -224,7 +224,7 @@ def random_tiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch of training tiles: `per_frame` random vertical crops of every frame, randomly flipped."""
     th = TILE_SHAPE[0]
-    n, h, _ = ds.frames.shape
+    n, h = ds.frames.shape[:2]  # frames may carry a trailing channel axis that is cropped and flipped alike
     frame_idx = np.repeat(np.arange(n), per_frame)
     offsets = rng.integers(0, h - th + 1, size=frame_idx.size)
     rows = offsets[:, None] + np.arange(th)[None, :]

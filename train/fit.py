@@ -17,7 +17,7 @@ from marsseg.edge.spec import CLASS_NAMES, preprocess
 from marsseg.train import data as D
 from marsseg.train import prior, quant
 from marsseg.train.config import TrainConfig
-from marsseg.train.losses import make_loss
+from marsseg.train.losses import make_loss, with_distillation
 from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
 
@@ -25,30 +25,45 @@ log = logging.getLogger(__name__)
 
 
 class TrainTiles(keras.utils.PyDataset):
-    """Fresh random crops, flips (and camera and exposure changes) every epoch, batched as (float input, int labels)."""
+    """Fresh random crops, flips (and camera and exposure changes) every epoch, batched as (float input, int labels).
 
-    def __init__(self, ds: D.Dataset, cfg: TrainConfig) -> None:
+    With a `teacher` the targets are (labels, the teacher's probabilities on the same crop of the clean frame),
+    packed as (B, H, W, 1 + C) for `losses.with_distillation`.
+    """
+
+    def __init__(self, ds: D.Dataset, cfg: TrainConfig, teacher: keras.Model | None = None) -> None:
         super().__init__()
-        self.ds, self.cfg = ds, cfg
+        self.ds, self.cfg, self.teacher = ds, cfg, teacher
         self.rng = np.random.default_rng(cfg.training_seed)
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
-        ds = self.ds
+        frames = self.ds.frames
         if self.cfg.degrade > 0:
-            ds = D.Dataset(D.degrade(ds.frames, self.rng, self.cfg.degrade), ds.masks, ds.names)
-        x, y = D.random_tiles(ds, self.rng, self.cfg.tiles_per_frame, self.cfg.hflip, self.cfg.vflip)
+            frames = D.degrade(frames, self.rng, self.cfg.degrade)
+        if self.teacher is not None:  # the clean frame rides along as a second channel: same crop, same flip
+            frames = np.stack([frames, self.ds.frames], axis=-1)
+        x, y = D.random_tiles(D.Dataset(frames, self.ds.masks, self.ds.names), self.rng, self.cfg.tiles_per_frame,
+                              self.cfg.hflip, self.cfg.vflip)
+        clean = None
+        if self.teacher is not None:
+            x, clean = x[..., 0], x[..., 1]
         if self.cfg.photometric > 0:
             x = D.photometric(x, self.rng, self.cfg.photometric)
         order = self.rng.permutation(len(x))
         self.x, self.y = x[order], y[order]
+        if self.teacher is not None:
+            log.info("teacher: answering %d clean tiles", len(x))
+            self.soft = predict_classes(self.teacher, clean[order], self.cfg.batch_size)[1].astype(np.float16)
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.cfg.batch_size)
 
     def __getitem__(self, i: int):
         s = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
-        return preprocess(self.x[s]), self.y[s].astype(np.int32)
+        if self.teacher is None:
+            return preprocess(self.x[s]), self.y[s].astype(np.int32)
+        return preprocess(self.x[s]), np.concatenate([self.y[s, ..., None], self.soft[s]], axis=-1, dtype=np.float32)
 
 
 def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +266,8 @@ def train(cfg: TrainConfig) -> Path:
         optimizer = keras.optimizers.Adam(learning_rate_schedule(cfg, steps), use_ema=cfg.ema > 0,
                                           ema_momentum=cfg.ema or 0.99)
         net = quant.with_fake_quant(model) if cfg.fake_quant else model  # shares model's weights
-        net.compile(optimizer=optimizer, loss=loss_fn)
+        teacher = keras.saving.load_model(cfg.init_from, compile=False) if cfg.distill else None
+        net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, cfg.distill) if teacher else loss_fn)
     macs = count_macs(model)
     log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
 
@@ -273,7 +289,7 @@ def train(cfg: TrainConfig) -> Path:
     started = time.perf_counter()
     interrupted = False
     try:
-        history = net.fit(TrainTiles(train_ds, cfg), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+        history = net.fit(TrainTiles(train_ds, cfg, teacher), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
         epochs_run = len(history.history.get("loss", []))
     except KeyboardInterrupt:
         interrupted = True

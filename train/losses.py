@@ -68,6 +68,24 @@ def weighted_dice(weights: np.ndarray) -> Callable:
     return loss
 
 
+def with_distillation(base: Callable, weight: float) -> Callable:
+    """`base` on the labels plus `weight` × the mean per-pixel KL(teacher || model) over every pixel.
+
+    `y_true` packs the labels and a teacher's probabilities, (B, H, W, 1 + C). The teacher saw the clean frame and
+    the model the same frame through a random camera (`degrade`), so the term asks for the same answer whatever
+    the camera; unlike the labels it also covers unlabelled pixels, and it holds the clean behaviour in place
+    while the model learns the camera.
+    """
+
+    def distilled(y_true, y_pred):
+        teacher = ops.clip(ops.cast(y_true[..., 1:], "float32"), EPS, 1.0)
+        probs = ops.clip(ops.cast(y_pred, "float32"), EPS, 1.0)
+        kl = ops.sum(teacher * (ops.log(teacher) - ops.log(probs)), axis=-1)
+        return base(y_true[..., 0], y_pred) + weight * ops.mean(kl)
+
+    return distilled
+
+
 def make_loss(name: str, weights: np.ndarray, gamma: float = 2.0, dice_weight: float = 0.5) -> Callable:
     """`wce` (seed 2), `dice_focal` (seed 1) or `wce_dice` (cross-entropy + dice_weight * Dice)."""
     if name == "wce":
