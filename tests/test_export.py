@@ -52,6 +52,35 @@ def test_export_writes_int8_model_metadata_and_report(tiny_run):
 
 
 @pytest.mark.slow
+def test_float_model_rebuilt_from_the_int8_export_computes_the_same_function(tiny_run):
+    """tools.float_from_int8: the int8 weights, dequantized into a trainable float model, answer like the int8 model,
+    in inference and (batch norm re-parameterised on measured statistics) in a training-mode forward pass."""
+    import keras
+    from marsseg.edge.model import TileModel
+    from marsseg.edge.spec import preprocess
+    from marsseg.train.config import TrainConfig
+
+    from tests.conftest import synthetic_frames
+    from tools.float_from_int8 import rebuild
+
+    out = tiny_run.parent / "export-rebuild"
+    assert export_tiny(tiny_run, out) == 0
+    cfg = TrainConfig.load(tiny_run.parent / "config.json")
+    tiles = synthetic_frames(n=48, seed=3)[0][:, 32:96]
+    model = rebuild(out / "model_int8.tflite", cfg, tiles[:32], np.zeros(5, np.float32))
+    int8 = TileModel(out / "model_int8.tflite").predict(tiles[32:]).copy()
+    same = (np.asarray(model.predict(preprocess(tiles[32:]), verbose=0)).argmax(-1) == int8.argmax(-1)).mean()
+    trained = keras.saving.load_model(tiny_run, compile=False)
+    assert same > 0.97
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    train_mode = np.asarray(model(preprocess(tiles[:32]), training=True)).argmax(-1)
+    assert (train_mode == np.asarray(model(preprocess(tiles[:32]))).argmax(-1)).mean() > 0.95
+    assert model.count_params() == trained.count_params()
+
+
+@pytest.mark.slow
 def test_gate_fails_on_broken_calibration(tiny_run, capsys):
     out = tiny_run.parent / "export-broken"
     rc = export_tiny(tiny_run, out, calibration=np.zeros((16, 64, 128), np.uint8))  # all-black calibration

@@ -61,12 +61,12 @@ def rebuild(model_path: Path, cfg, tiles: np.ndarray, offsets: np.ndarray):
     order = sorted(convs, key=lambda layer: int(layer.name.rsplit("_", 1)[1]) if "_" in layer.name else 0)
     # names follow creation order in a fresh process (conv2d, conv2d_1, ...), as in the exported model's graph
     weights = int8_conv_weights(model_path)
-    if sorted(weights) != list(range(len(order))):
+    if len(weights) != len(order):
         raise ValueError(f"{model_path} has {len(weights)} convolutions, the config builds {len(order)}")
     after = consumers(model)
     folded: dict[str, np.ndarray] = {}  # batch norm name -> the bias folded into its conv
-    for i, conv in enumerate(order):
-        kernel, bias = weights[i]
+    for index, conv in zip(sorted(weights), order, strict=True):  # both numbered in creation order, maybe offset
+        kernel, bias = weights[index]
         nxt = [model.get_layer(n) for n in after.get(conv.name, [])]
         bns = [n for n in nxt if isinstance(n, keras.layers.BatchNormalization)]
         conv.kernel.assign(kernel)
