@@ -100,8 +100,8 @@ def test_training_tiles_are_degraded_before_the_crop(frames_file):
     plain = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8))
     cam = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
     again = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
-    assert np.array_equal(cam.x, again.x) and cam.x.shape == plain.x.shape
-    assert not np.array_equal(cam.x, plain.x)
+    assert np.array_equal(cam.epoch[0], again.epoch[0]) and cam.epoch[0].shape == plain.epoch[0].shape
+    assert not np.array_equal(cam.epoch[0], plain.epoch[0])
     assert np.array_equal(ds.frames, D.load_dataset(frames_file).frames)  # the dataset itself is not touched
 
 
@@ -128,7 +128,7 @@ def test_distillation_targets_are_the_teachers_answers_on_the_same_clean_crop(fr
     labels, soft = y[..., 0], y[..., 1:]
     # the teacher saw the clean frame cropped and flipped like the labels, not the degraded input
     assert np.array_equal(soft.argmax(-1), labels)
-    assert not np.array_equal((tiles.x // 50).clip(0, 4), tiles.y)  # while the model's input was changed
+    assert not np.array_equal((tiles.epoch[0] // 50).clip(0, 4), tiles.epoch[1])  # while the model's input was changed
 
 
 def test_distillation_loss_adds_the_gap_to_the_teacher():

@@ -51,19 +51,21 @@ class TrainTiles(keras.utils.PyDataset):
         if self.cfg.photometric > 0:
             x = D.photometric(x, self.rng, self.cfg.photometric)
         order = self.rng.permutation(len(x))
-        self.x, self.y = x[order], y[order]
+        soft = None
         if self.teacher is not None:
             log.info("teacher: answering %d clean tiles", len(x))
-            self.soft = predict_classes(self.teacher, clean[order], self.cfg.batch_size)[1].astype(np.float16)
+            soft = predict_classes(self.teacher, clean[order], self.cfg.batch_size)[1].astype(np.float16)
+        self.epoch = (x[order], y[order], soft)  # one assignment: a prefetching reader never mixes two epochs
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.cfg.batch_size)
+        return math.ceil(len(self.epoch[0]) / self.cfg.batch_size)
 
     def __getitem__(self, i: int):
+        x, y, soft = self.epoch
         s = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
-        if self.teacher is None:
-            return preprocess(self.x[s]), self.y[s].astype(np.int32)
-        return preprocess(self.x[s]), np.concatenate([self.y[s, ..., None], self.soft[s]], axis=-1, dtype=np.float32)
+        if soft is None:
+            return preprocess(x[s]), y[s].astype(np.int32)
+        return preprocess(x[s]), np.concatenate([y[s, ..., None], soft[s]], axis=-1, dtype=np.float32)
 
 
 def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
