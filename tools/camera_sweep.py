@@ -1,0 +1,70 @@
+"""Mean IoU along one camera setting: what a camera pipeline may do before `marsseg-edge`, measured.
+
+Sweeps one parameter of one degradation of `marsseg/edge/degrade.py` over the given values, each applied to the
+whole frame (seeded) and run on the edge path at frame level, e.g. the JPEG quality a downlink may use:
+
+  python -m tools.camera_sweep ../shared/data/ai4mars-frames-128.npz --names edge/assets/val_names.json \\
+      jpeg quality 95 90 80 70 60 50 40 30
+  python -m tools.camera_sweep ... sharpen amount 0 0.5 1 2 --fixed sigma=1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from marsseg.edge import degrade
+from marsseg.edge.evaluate import evaluate, load_frames
+from marsseg.edge.io import write_text_atomic
+from marsseg.edge.model import TileModel
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.camera_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", type=Path)
+    p.add_argument("kind", help="a degradation function of marsseg.edge.degrade, e.g. jpeg, sharpen, gaussian_blur")
+    p.add_argument("param", help="its parameter to sweep")
+    p.add_argument("values", nargs="+", help="values (numbers, or names for resample kernels)")
+    p.add_argument("--fixed", nargs="*", default=[], metavar="NAME=VALUE", help="its other parameters")
+    p.add_argument("--names", type=Path)
+    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, help="JSON file for the sweep")
+    a = p.parse_args(argv)
+    from marsseg.edge.cli import bundled
+
+    fn = getattr(degrade, a.kind.replace("-", "_"), None)
+    if not callable(fn):
+        p.error(f"no degradation {a.kind!r} in marsseg.edge.degrade")
+
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    fixed = {k: value(v) for k, v in (item.split("=", 1) for item in a.fixed)}
+    model = TileModel(a.model or bundled("model_int8.tflite"))
+    frames, masks, _ = load_frames(a.data, a.names)
+    rows = [{"value": None, **evaluate(model, frames, masks, a.overlap, thresholds=None)}]
+    for v in map(value, a.values):
+        changed = np.stack([fn(f, np.random.default_rng((a.seed, i)), **{a.param: v, **fixed})
+                            for i, f in enumerate(frames)])
+        rows.append({"value": v, **evaluate(model, changed, masks, a.overlap, thresholds=None)})
+    for r in rows:
+        label = "unchanged" if r["value"] is None else f"{a.param}={r['value']:g}" if isinstance(r["value"], float) \
+            else f"{a.param}={r['value']}"
+        print(f"{a.kind} {label}: mean IoU {r['mean_iou']:.4f} | " +
+              " ".join(f"{k} {x:.3f}" for k, x in r["per_class_iou"].items()))
+    if a.output:
+        write_text_atomic(a.output, json.dumps({"kind": a.kind, "param": a.param, "fixed": fixed,
+                                                "run_id": model.meta.run_id, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
