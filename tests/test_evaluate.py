@@ -78,3 +78,21 @@ def test_exposure_lut():
     assert (np.diff(dark.astype(int)) >= 0).all() and (np.diff(bright.astype(int)) >= 0).all()
     assert (dark <= np.arange(256)).all() and (bright >= np.arange(256)).all()
     assert exposure_lut(1.0, 0.5, 0.6)[0] == 153 and exposure_lut(1.0, 1.0, 0.5)[255] == 255  # offset, clipping
+
+
+def test_camera_sweep_measures_one_setting(tmp_path, capsys):
+    from tools.camera_sweep import main as sweep
+
+    frames, masks = synthetic_frames(n=3)
+    data = tmp_path / "clip.npz"
+    np.savez(data, frames=frames, masks=masks)
+    out = tmp_path / "sweep.json"
+    assert sweep([str(data), "jpeg", "quality", "90", "30", "--model", str(TINY_MODEL), "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["value"] for r in rows] == [None, 90.0, 30.0]
+    assert all(np.array(r["confusion_matrix"]).sum() == 3 * 128 * 128 for r in rows)
+    assert "jpeg quality=30: mean IoU" in capsys.readouterr().out
+    assert sweep([str(data), "resample", "factor", "2", "--fixed", "down=area", "up=cubic",
+                  "--model", str(TINY_MODEL)]) == 0
+    with pytest.raises(SystemExit):
+        sweep([str(data), "fog", "density", "1", "--model", str(TINY_MODEL)])
