@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offsets", type=float, nargs="*", default=[],
                    help="logit offsets folded into the int8 model, taken out (see its model card)")
     p.add_argument("--out", type=Path, required=True, help="the .keras file to write")
+    p.add_argument("--note", default="", help="appended to the provenance note a model card quotes")
     a = p.parse_args(argv)
     from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
     from marsseg.train import data as D
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sha256_file(a.model)[:12]}…) by `tools/float_from_int8.py`: per-channel dequantized kernels and "
                 f"biases (batch norm folded), batch norm re-parameterised to identity on {len(pick)} training tiles, "
                 f"logit offsets {list(a.offsets)} taken out; that run's own float weights were lost with its runs/ "
-                "folder.",
+                "folder." + (f" {a.note}" if a.note else ""),
     }, indent=1))
     print(f"{a.out}: float model rebuilt from {a.model}")
     return 0
