@@ -112,13 +112,13 @@ def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: f
             flagged[k] += np.bincount(kind[pred.confidence.ravel() < t], minlength=len(CELL_KINDS))
     s = scores(cm, model.meta.class_names)
     log.info("overlap %.2f: %d frames, mean IoU %.4f", overlap, len(frames), s.mean_iou)
-    out = {"overlap": overlap, **s.as_dict(), "confusion_matrix": cm.tolist(),
-           "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
+    result = {"overlap": overlap, **s.as_dict(), "confusion_matrix": cm.tolist(),
+              "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
     if thresholds is not None:
         share = np.round(flagged / np.maximum(cells, 1), 4)
-        out["min_confidence"] = {"cell": cell, "cells": _by_kind(cells),
-                                 "flagged_share": {f"{t:g}": _by_kind(share[k]) for k, t in enumerate(thresholds)}}
-    return out
+        result["min_confidence"] = {"cell": cell, "cells": _by_kind(cells),
+                                    "flagged_share": {f"{t:g}": _by_kind(share[k]) for k, t in enumerate(thresholds)}}
+    return result
 
 
 def _by_kind(values: np.ndarray) -> dict:
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"marsseg-eval: error: {e}", file=sys.stderr)
         return 2
     report = {"model": str(model.path), "model_sha256": model.meta.model_sha256, "run_id": model.meta.run_id,
-              "data": str(a.data),
-              "frames": len(frames), "results": results}
+              "data": str(a.data), "frames": len(frames), "results": results}
     if study:
         report["corruptions"] = study
     for r in results:

@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from marsseg.train.config import TrainConfig
     from marsseg.train.fit import prepare_data
 
+    from tools.make_assets import PROVENANCE
+
     cfg = TrainConfig.load(a.config)
     cfg.data = a.data
     x, _ = D.fixed_tiles(prepare_data(cfg)["train"])
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, lambda path: model.save(path))
     meta = json.loads(a.model.with_suffix(".json").read_text()) if a.model.with_suffix(".json").is_file() else {}
-    write_text_atomic(a.out.parent / "provenance.json", json.dumps({  # what tools.make_assets quotes in a model card
+    write_text_atomic(a.out.parent / PROVENANCE, json.dumps({  # what tools.make_assets quotes in a model card
         "command": "python -m tools.float_from_int8 " + shlex.join(sys.argv[1:] if argv is None else argv),
         "note": f"float weights rebuilt from the int8 export of run {meta.get('run_id', '?')} (sha256 "
                 f"{sha256_file(a.model)[:12]}…) by `tools/float_from_int8.py`: per-channel dequantized kernels and "

@@ -25,6 +25,7 @@ ASSETS = ROOT / "edge" / "assets"
 DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"
 # what a run was trained with when its config predates an option (the key is missing from its config.json)
 LEGACY = {"logit_adjust": False, "logit_adjust_scales": [1.0]}
+PROVENANCE = "provenance.json"  # beside a start model made by a tool (tools.float_from_int8), not by training
 
 
 def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
@@ -51,7 +52,7 @@ def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
         chain.append((run, json.loads((run / "config.json").read_text()),
                       json.loads((run / "metrics.json").read_text())))
         start = chain[-1][1].get("init_from")
-        if not start or origin(chain[::-1]):
+        if not start or (Path(start).parent / PROVENANCE).is_file():
             return chain[::-1]
         run = Path(start).parent
         if not (run / "metrics.json").exists():
@@ -61,7 +62,7 @@ def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
 def origin(chain: list[tuple[Path, dict, dict]]) -> dict:
     """The `provenance.json` ({command, note}) of the folder the oldest leg started from, if a tool made it."""
     start = chain[0][1].get("init_from")
-    path = Path(start).parent / "provenance.json" if start else None
+    path = Path(start).parent / PROVENANCE if start else None
     return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
