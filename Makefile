@@ -14,7 +14,7 @@ EDGE_BIN := $(EDGE_VENV)/bin
 export MARSSEG_DATA ?= $(DATA)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-edge test lint train export calibration demo eval bench board-check check-jax clean
+.PHONY: setup setup-edge test lint train export calibration demo eval bench soak board-check check-jax clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,9 @@ eval: setup                     ## frame-level evaluation of the bundled int8 mo
 bench: setup                    ## benchmarks -> bench/results/<host>-<date>.json
 	$(BIN)/python -m tools.bench --output bench/results
 	$(BIN)/python -m tools.conv_bench --output bench/results
+
+soak: setup                     ## 20,000-frame soak (RSS growth) + 10^6-input decoder fuzz -> bench/results
+	$(BIN)/python -m tools.soak --output bench/results
 
 board-check: setup              ## aarch64 (Pi 4) check under qemu: edge suite + int8 agreement with x86 (root)
 	bash tools/board_check.sh

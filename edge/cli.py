@@ -8,7 +8,8 @@ Examples:
   marsseg-edge --source demo --output out/demo --summary
   marsseg-edge --config /etc/marsseg/edge.toml
 
-Exit codes: 0 done or stopped by SIGINT/SIGTERM, 2 bad arguments/model/source, 3 watchdog.
+Exit codes: 0 done or stopped by SIGINT/SIGTERM, 2 bad arguments/model/source/output, 3 watchdog,
+4 every output failing for --fail-after seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +31,20 @@ from marsseg.edge.sources import SourceError
 log = logging.getLogger("marsseg.edge")
 
 
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or out of range; the message names the option and the fix."""
+
+    def __init__(self, message: str, option: str = "") -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def _opt(default, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         hi_open: bool = False):
+    """A config field with its allowed range, checked by `validate` for flags and TOML alike."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
 @dataclass
 class EdgeConfig:
     """Every runtime option; from flags, optionally layered over a TOML file (same names, `-` or `_`)."""
@@ -36,28 +53,97 @@ class EdgeConfig:
     source: str | None = None
     output: str | None = None
     model: str | None = None  # default: the bundled model
-    overlap: float = 0.25
-    fov: float | None = None  # camera's horizontal field of view, degrees: resize to the model's ground scale
-    scale: float | None = None  # overrides fov
+    overlap: float = _opt(0.25, 0, 1, hi_open=True)
+    fov: float | None = _opt(None, 0, 180, lo_open=True, hi_open=True)  # camera's horizontal FOV, degrees
+    scale: float | None = _opt(None, 0, 64, lo_open=True)  # overrides fov
     resize: str | None = None  # WxH; overrides scale and fov
-    cell: int = 16
+    max_tiles: int = _opt(256, 1)  # memory budget: frames needing more tiles are refused (see --scale)
+    cell: int = _opt(16, 1, 4096)
     overlay: bool = True
     npz: bool = False
     video: str | None = None
     jsonl: bool = False
     serial: str | None = None
-    baud: int = 115200
-    map_rate: float = 2.0
-    threads: int = 0
-    log_interval: float = 5.0
-    watchdog: float = 0.0
-    max_frames: int = 0
+    baud: int = _opt(115200, 300, 16_000_000)
+    map_rate: float = _opt(2.0, 0, 1000, lo_open=True)
+    threads: int = _opt(0, 0, 1024)
+    log_interval: float = _opt(5.0, 0, lo_open=True)
+    watchdog: float = _opt(0.0, 0)
+    fail_after: float = _opt(60.0, 0)  # exit 4 when every output has failed this long (0: never)
+    max_frames: int = _opt(0, 0)
     summary: bool = False
     summary_json: str | None = None
     costs: dict = field(default_factory=dict)  # class name -> cost ("inf" lethal, "nan" unknown)
-    lethal_fraction: float = 0.05
-    min_confidence: float = 0.0  # cells less confident than this get unknown cost (0 = off)
+    lethal_fraction: float = _opt(0.05, 0, 1)
+    min_confidence: float = _opt(0.0, 0, 1)  # cells less confident than this get unknown cost (0 = off)
     log_level: str = "INFO"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _type_ok(value, hint: str) -> bool:
+    """`value` fits a field annotation (`float`, `int | None`, ...); bools are not numbers, ints are floats."""
+    for t in hint.replace(" ", "").split("|"):
+        if t == "None" and value is None:
+            return True
+        if t == "bool" and isinstance(value, bool):
+            return True
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and (t == "float" or (t == "int" and float(value).is_integer())):
+            return True
+        if t == "str" and isinstance(value, str):
+            return True
+        if t == "dict" and isinstance(value, dict):
+            return True
+    return False
+
+
+def validate(cfg: EdgeConfig) -> EdgeConfig:
+    """Check every value by type and range, for flags and TOML alike, before anything starts.
+
+    Raises ConfigError with one line naming the option, what it got and what it takes.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _type_ok(value, f.type):
+            raise ConfigError(f"{_flag(f.name)} must be {f.type.replace(' | None', '')}, got {value!r}", f.name)
+        if f.type.startswith("int") and isinstance(value, float):
+            setattr(cfg, f.name, value := int(value))
+        if value is None or "range" not in f.metadata:
+            continue
+        lo, hi, lo_open, hi_open = f.metadata["range"]
+        below = lo is not None and (value < lo or (lo_open and value == lo))
+        above = hi is not None and (value > hi or (hi_open and value == hi))
+        if not math.isfinite(value) or below or above:
+            span = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, " \
+                   f"{hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
+            raise ConfigError(f"{_flag(f.name)} must be in {span}, got {value!r}", f.name)
+    for name, cost in cfg.costs.items():
+        ok = (isinstance(cost, (int, float)) and not isinstance(cost, bool)) or cost in ("inf", "nan")
+        if not ok:
+            raise ConfigError(f"costs.{name} must be a number, \"inf\" (lethal) or \"nan\" (unknown), got {cost!r}",
+                              "costs")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    if cfg.camera is not None and cfg.source is not None:
+        raise ConfigError("give either --camera or --source, not both")
+    if cfg.camera is None and cfg.source is None:
+        raise ConfigError("no input: pass --camera N or --source PATH (or a positional input)")
+    if cfg.resize is not None:
+        parse_size(cfg.resize)
+    return cfg
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (not ten lines of usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def bundled(name: str) -> Path:
@@ -65,7 +151,7 @@ def bundled(name: str) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> EdgeConfig:
-    p = argparse.ArgumentParser(prog="marsseg-edge", description=__doc__,
+    p = _Parser(prog="marsseg-edge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", help="same as --source")
     p.add_argument("output_pos", nargs="?", metavar="output", help="same as --output")
@@ -82,6 +168,8 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     m.add_argument("--model", help="int8 .tflite with its .json metadata beside it (default: bundled)")
     m.add_argument("--overlap", type=float, help="tile overlap as a fraction of the tile (default 0.25)")
     m.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    m.add_argument("--max-tiles", type=int, help="memory budget in tiles per frame; larger frames are refused "
+                                                 "(default 256: ~400 MB, a 1024x1024 frame at overlap 0.25 is 231)")
     o = p.add_argument_group("outputs")
     o.add_argument("--output", help="folder for NAME.png class masks and NAME_overlay.png")
     o.add_argument("--no-overlay", dest="overlay", action="store_false", default=None)
@@ -100,33 +188,25 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--summary", action="store_true", default=None, help="print a summary table at the end")
     r.add_argument("--summary-json", help="write the final summary as JSON to this file")
-    r.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r.add_argument("--fail-after", type=float, help="exit 4 when every output has failed for this many seconds "
+                                                    "(default 60; 0 = never)")
+    r.add_argument("--log-level", choices=LOG_LEVELS)
     a = p.parse_args(argv)
-    values: dict = {}
-    if a.config:
-        values.update(load_toml(p, a.config))
+    values: dict = load_toml(p, a.config) if a.config else {}
+    from_file = set(values)
     flags = {k: v for k, v in vars(a).items() if v is not None and k not in ("config", "input", "output_pos")}
     values.update(flags)
+    from_file -= set(flags)
     if a.input:
         values["source"] = a.input
+        from_file.discard("source")
     if a.output_pos:
         values["output"] = a.output_pos
-    cfg = EdgeConfig(**values)
-    if cfg.camera is not None and cfg.source is not None:
-        p.error("give either --camera or --source, not both")
-    if cfg.camera is None and cfg.source is None:
-        p.error("no input: pass --camera N or --source PATH (or a positional input)")
-    if not 0 <= cfg.overlap < 1:
-        p.error(f"--overlap must be a fraction in [0, 1), got {cfg.overlap}")
-    if (cfg.scale is not None and cfg.scale <= 0) or cfg.cell < 1 or cfg.baud < 300 or cfg.map_rate <= 0:
-        p.error("--scale, --cell, --baud and --map-rate must be positive")
-    if cfg.fov is not None and not 0 < cfg.fov < 180:
-        p.error(f"--fov is the camera's horizontal field of view in degrees, in (0, 180); got {cfg.fov}")
-    if not 0 <= cfg.min_confidence <= 1:
-        p.error(f"--min-confidence must be in [0, 1], got {cfg.min_confidence}")
-    if cfg.resize is not None:
-        parse_size(p, cfg.resize)
-    return cfg
+        from_file.discard("output")
+    try:
+        return validate(EdgeConfig(**values))
+    except ConfigError as e:
+        p.error(f"config {a.config}: {e}".replace(_flag(e.option), e.option) if e.option in from_file else str(e))
 
 
 def load_toml(p: argparse.ArgumentParser, path: Path) -> dict:
@@ -146,15 +226,13 @@ def load_toml(p: argparse.ArgumentParser, path: Path) -> dict:
     return values
 
 
-def parse_size(p: argparse.ArgumentParser | None, text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
-        if w < 1 or h < 1:
-            raise ValueError
     except ValueError:
-        if p is None:
-            raise
-        p.error(f"--resize expects WxH like 640x480, got {text!r}")
+        w = h = 0
+    if not (0 < w <= 65536 and 0 < h <= 65536):
+        raise ConfigError(f"--resize expects WxH like 640x480, got {text!r}")
     return w, h
 
 
@@ -163,7 +241,7 @@ def build_and_run(cfg: EdgeConfig) -> int:
     from marsseg.edge.pipeline import Segmenter
     from marsseg.edge.publishers import FilePublisher, JsonLinesPublisher, VideoPublisher
     from marsseg.edge.render import palette
-    from marsseg.edge.runtime import Runtime
+    from marsseg.edge.runtime import Runtime, Watchdog
     from marsseg.edge.sources import open_source
     from marsseg.edge.terrain import CostTable
 
@@ -181,7 +259,9 @@ def build_and_run(cfg: EdgeConfig) -> int:
         costs[meta.class_names.index(name)] = float(value)
     table = CostTable(tuple(costs), cfg.lethal_fraction, min_confidence=cfg.min_confidence)
     source_spec = str(bundled("demo_clip.npz")) if cfg.source == "demo" else cfg.source
+    watchdog = Watchdog(cfg.watchdog)  # armed before the source opens: a frozen stream server hangs there
     source = open_source(cfg.camera, source_spec)
+    check_outputs(cfg, getattr(source, "inputs", []))
     lut = palette(meta.colours)
     publishers = []
     if cfg.output:
@@ -191,8 +271,8 @@ def build_and_run(cfg: EdgeConfig) -> int:
     if cfg.jsonl:
         publishers.append(JsonLinesPublisher(sys.stdout, meta.class_names))
     runtime = Runtime(source, Segmenter(model, cfg.overlap), publishers, table, cfg.cell, cfg.scale,
-                      parse_size(None, cfg.resize) if cfg.resize else None, cfg.log_interval, cfg.watchdog,
-                      cfg.max_frames, cfg.fov)
+                      parse_size(cfg.resize) if cfg.resize else None, cfg.log_interval, watchdog,
+                      cfg.max_frames, cfg.fov, cfg.max_tiles, cfg.fail_after)
     if cfg.serial:
         from marsseg.edge.serial_link import SerialPublisher
 
@@ -203,13 +283,52 @@ def build_and_run(cfg: EdgeConfig) -> int:
     if cfg.serial:
         summary["serial"] = dataclasses.asdict(publishers[-1].stats)
     log.info("summary: %s", json.dumps(summary))
+    if cfg.summary:
+        print_summary(summary)
     if cfg.summary_json:
         from marsseg.edge.io import write_text_atomic
 
-        write_text_atomic(cfg.summary_json, json.dumps(summary, indent=2))
-    if cfg.summary:
-        print_summary(summary)
+        try:
+            write_text_atomic(cfg.summary_json, json.dumps(summary, indent=2))
+        except OSError as e:
+            print(f"marsseg-edge: error: cannot write --summary-json {cfg.summary_json}: {e.strerror or e}",
+                  file=sys.stderr)
+            return rc or 2
     return rc
+
+
+def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
+    """Refuse, before the first frame, outputs that would overwrite an input or cannot be written at all."""
+    folders = {f.parent.resolve() for f in inputs}
+    files = {f.resolve() for f in inputs}
+    if cfg.output:
+        out = Path(cfg.output)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output {out} is a file, not a folder; pass a folder for the masks and overlays")
+        if out.resolve() in folders:
+            raise ConfigError(f"--output {out} holds input frames: its NAME.png masks would overwrite them; "
+                              "pass another folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--output {out} cannot be created: {e.strerror or e}") from e
+        if not os.access(out, os.W_OK):
+            raise ConfigError(f"--output {out} is not writable by this user; fix its permissions or pass another")
+    for flag, path in (("--video", cfg.video), ("--summary-json", cfg.summary_json)):
+        if not path:
+            continue
+        path = Path(path)
+        if path.resolve() in files:
+            raise ConfigError(f"{flag} {path} is one of the input frames; pass another file name")
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; pass a file name")
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{flag} {path}: folder {parent} cannot be created: {e.strerror or e}") from e
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"{flag} {path}: folder {parent} is not writable by this user")
 
 
 def print_summary(s: dict) -> None:
@@ -229,9 +348,14 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         return build_and_run(cfg)
-    except (ModelError, SourceError, ValueError) as e:
+    except (ModelError, SourceError, ValueError, OSError) as e:
         print(f"marsseg-edge: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout closed by its reader: already counted as a failing output
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lets the interpreter's own exit flush pass
 
 
 if __name__ == "__main__":

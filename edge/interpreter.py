@@ -105,11 +105,13 @@ def output_info(interp: Any) -> TensorInfo:
 
 
 def resize_batch(interp: Any, batch: int) -> None:
-    """Set the batch dimension (once per frame shape, not per frame) and reallocate."""
+    """Set the batch dimension (once per frame shape, not per frame) and reallocate.
+
+    Always reallocates: after a failed allocation the input already has the new shape but no buffers.
+    """
     info = input_info(interp)
-    if info.shape[0] != batch:
-        interp.resize_tensor_input(info.index, [batch, *info.shape[1:]])
-        interp.allocate_tensors()
+    interp.resize_tensor_input(info.index, [batch, *info.shape[1:]])
+    interp.allocate_tensors()
 
 
 def set_input(interp: Any, batch: np.ndarray) -> None:

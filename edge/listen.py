@@ -23,6 +23,8 @@ from marsseg.edge import protocol as P
 from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.serial_link import Receiver
 
+log = logging.getLogger("marsseg.listen")
+
 
 def describe(msg: P.Message) -> dict:
     h = msg.header
@@ -74,13 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    n = 0
+    n = save_errors = 0
     try:
         for msg in rx.messages(stop, a.idle_timeout):
             d = describe(msg)
-            print(json.dumps(d) if a.json else human(d), flush=True)
+            print(json.dumps(d, allow_nan=False) if a.json else human(d), flush=True)
             if a.save and isinstance(msg, P.GridMessage):
-                save_grid(msg, a.save)
+                try:
+                    save_grid(msg, a.save)
+                except OSError as e:  # a full or read-only disk must not stop the maps being shown
+                    save_errors += 1
+                    if save_errors == 1 or save_errors % 100 == 0:
+                        log.error("cannot save grids to %s (%s); %d not saved so far", a.save, e, save_errors)
             n += 1
             if a.count and n >= a.count:
                 break
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         rx.close()
     s = rx.decoder.stats
     print(f"received {s.frames} messages, {s.crc_errors} corrupt, {s.seq_gaps} lost, {s.duplicates} duplicates, "
-          f"{s.resyncs} resyncs, {s.bytes} bytes", file=sys.stderr)
+          f"{s.resyncs} resyncs, {s.bytes} bytes, {rx.reopens} reopens, {save_errors} not saved", file=sys.stderr)
     return 0
 
 

@@ -107,14 +107,41 @@ def load_metadata(path: str | Path) -> ModelMetadata:
         raise ModelError(f"model metadata not found: {path} (export writes it beside the .tflite; re-export)")
     try:
         d = json.loads(path.read_text())
-        if d.get("format") != FORMAT:
-            raise ModelError(f"{path}: metadata format {d.get('format')!r}, expected {FORMAT!r}; re-export the model")
-        d["tile_shape"] = tuple(d["tile_shape"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: unreadable model metadata ({e}); re-export the model") from e
+    if not isinstance(d, dict):
+        raise ModelError(f"{path}: model metadata must be a JSON object, got {type(d).__name__}; re-export the model")
+    if d.get("format") != FORMAT:
+        raise ModelError(f"{path}: metadata format {d.get('format')!r}, expected {FORMAT!r}; re-export the model")
+    try:
+        d["tile_shape"] = tuple(int(v) for v in d["tile_shape"])
         d["input_quant"] = Quant(**d["input_quant"])
         d["output_quant"] = Quant(**d["output_quant"])
-        return ModelMetadata(**d)
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise ModelError(f"{path}: unreadable model metadata ({e}); re-export the model") from e
+        meta = ModelMetadata(**d)
+        problem = _class_problem(meta.classes)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {e}); re-export the model") from e
+    if problem or len(meta.tile_shape) != 2 or min(meta.tile_shape) < 1:
+        raise ModelError(f"{path}: {problem or f'tile_shape {meta.tile_shape}'}; re-export the model")
+    return meta
+
+
+def _class_problem(classes: Any) -> str:
+    """What is wrong with a metadata class table, or "" (the runtime indexes names, colours and costs)."""
+    if not isinstance(classes, list) or not classes:
+        return "classes must be a non-empty list"
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"]:
+            return f"class {i} has no name"
+        colour = c.get("colour")
+        if not (isinstance(colour, list) and len(colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255
+                                                                     for v in colour)):
+            return f"class {c['name']!r}: colour must be [r, g, b] in 0..255, got {colour!r}"
+        try:
+            _cost_from_json(c.get("cost"))
+        except (TypeError, ValueError):
+            return f"class {c['name']!r}: cost must be a number, \"inf\" or null, got {c.get('cost')!r}"
+    return ""
 
 
 def check_model(meta: ModelMetadata, model_path: Path, interp: Any) -> None:
@@ -134,4 +161,5 @@ def check_model(meta: ModelMetadata, model_path: Path, interp: Any) -> None:
             problems.append(f"{name} {info.dtype.name} scale {info.scale:g} zp {info.zero_point} != metadata "
                             f"{q.dtype} scale {q.scale:g} zp {q.zero_point}")
     if problems:
-        raise ModelError(f"{model_path} does not match its metadata: " + "; ".join(problems))
+        raise ModelError(f"{model_path} does not match its metadata {metadata_path(model_path)}: "
+                         + "; ".join(problems) + "; re-export, or copy the .json that came with this model")

@@ -32,8 +32,11 @@ class TileModel:
         return tuple(self.meta.tile_shape)
 
     def _prepare(self, n: int) -> None:
+        """Transactional: if resizing or allocating fails (a frame too big for memory), the model is left
+        unprepared and the next call sizes it afresh, so one failed frame never corrupts the frames after it."""
         if n == self._batch:
             return
+        self._batch, self._in, self._out = 0, None, None
         it.resize_batch(self.interp, n)
         i, o = it.input_info(self.interp), it.output_info(self.interp)
         self._in = np.empty(i.shape, i.dtype)

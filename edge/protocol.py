@@ -153,6 +153,8 @@ class GridMessage:
         Per plane wins on big grids: class and cost planes have long runs, the confidence plane rarely does.
         """
         rows, cols = self.classes.shape
+        if rows == 0 or cols == 0 or min(self.cell) <= 0:
+            raise ProtocolError(f"grid of {rows}x{cols} cells of {self.cell[0]}x{self.cell[1]} px: nothing to send")
         planes = [np.ascontiguousarray(p, np.uint8).tobytes() for p in (self.classes, self.confidence, self.cost)]
         raw = b"".join(planes)
         candidates = [(ENC_RAW, raw), (ENC_RLE, rle_encode(raw))]
@@ -166,6 +168,8 @@ class GridMessage:
         if len(payload) < GRID_HEAD.size:
             raise ValueError("grid payload shorter than its head")
         rows, cols, ch, cw, orow, ocol, enc, ncls = GRID_HEAD.unpack_from(payload)
+        if rows == 0 or cols == 0 or ch == 0 or cw == 0 or ncls == 0:
+            raise ValueError(f"grid of {rows}x{cols} cells of {ch}x{cw} px, {ncls} classes: empty")
         body, n = payload[GRID_HEAD.size :], rows * cols
         if enc == ENC_RLE:
             body = rle_decode(body, 3 * n)
@@ -219,6 +223,8 @@ class HeartbeatMessage:
     model_id: bytes = field(default=b"\x00" * 8)
 
     def payload(self) -> bytes:
+        if not math.isfinite(self.fps) or self.fps < 0:
+            raise ProtocolError(f"heartbeat fps must be a finite number >= 0, got {self.fps}")
         return HEARTBEAT.pack(self.fps, self.frames, self.dropped, self.errors, self.maps_sent, self.maps_skipped,
                               self.uptime_s, self.model_id[:8].ljust(8, b"\x00"))
 
@@ -226,7 +232,10 @@ class HeartbeatMessage:
     def parse(cls, header: Header, payload: bytes) -> HeartbeatMessage:
         if len(payload) != HEARTBEAT.size:
             raise ValueError(f"heartbeat payload is {len(payload)} bytes, expected {HEARTBEAT.size}")
-        return cls(header, *HEARTBEAT.unpack(payload))
+        msg = cls(header, *HEARTBEAT.unpack(payload))
+        if not math.isfinite(msg.fps) or msg.fps < 0:
+            raise ValueError(f"heartbeat fps {msg.fps}")
+        return msg
 
 
 Message = GridMessage | HeartbeatMessage

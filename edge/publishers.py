@@ -81,15 +81,27 @@ def _fit(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class VideoPublisher:
-    """Overlay video; opened on the first frame (its size), written to a temp name and renamed on close."""
+    """Overlay video; opened on the first frame (its size), written to a temp name, checked and renamed on close.
+
+    OpenCV's writer reports no write errors, so the file is watched instead: it must keep growing while frames
+    go in, and on close its index must list every frame. A video that fails either stays `.partial` beside the
+    final name and the failure is raised (the runtime counts it), never published as good.
+    """
+
+    CHECK_EVERY = 32  # frames between growth checks (the encoder buffers a few frames)
 
     def __init__(self, path: Path, lut: np.ndarray, fps: float = 10.0) -> None:
         self.path, self.lut, self.fps = Path(path), lut, fps
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
+        self.written = 0
+        self._bytes_seen = -1
+        self.failed = ""
 
     def publish(self, frame: Frame, result: Result) -> None:
+        if self.failed:
+            raise RuntimeError(self.failed)
         rgb = overlay(result.gray, _fit(result.mask, result.gray.shape), self.lut)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if self.writer is None:
@@ -101,11 +113,27 @@ class VideoPublisher:
         if (bgr.shape[1], bgr.shape[0]) != self.size:
             bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_NEAREST)
         self.writer.write(bgr)
+        self.written += 1
+        if self.written % self.CHECK_EVERY == 0:
+            size = self.tmp.stat().st_size if self.tmp.exists() else 0
+            if size <= self._bytes_seen:
+                self.failed = (f"overlay video {self.path} stopped growing at {size} bytes after {self.written} "
+                               "frames (disk full?); it stays .partial")
+                raise RuntimeError(self.failed)
+            self._bytes_seen = size
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.tmp.replace(self.path)
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        cap = cv2.VideoCapture(str(self.tmp))  # reads the container's index (written last): cheap, yet complete
+        indexed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        if self.failed or indexed != self.written:
+            raise RuntimeError(f"overlay video {self.path} is damaged ({indexed} of {self.written} frames in its "
+                               f"index; disk full?); left as {self.tmp.name}")
+        self.tmp.replace(self.path)
 
 
 def _json_float(x: float) -> float | str | None:

@@ -15,12 +15,83 @@ import numpy as np
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
-from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray
+from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
 from marsseg.edge.terrain import CostTable, terrain_grid
+from marsseg.edge.tiling import count_tiles
 
 log = logging.getLogger("marsseg.edge")
 STAGES = ("capture", "preprocess", "tile", "invoke", "merge", "map", "publish")
-WATCHDOG_EXIT = 3
+CONFIG_EXIT, WATCHDOG_EXIT, OUTPUTS_FAILED_EXIT = 2, 3, 4
+
+
+class Throttle:
+    """Log the first of a kind of error at once, then at most one line per `interval` with how many followed.
+
+    A dead output or a camera sending garbage fails on every frame; 25 identical lines a second into journald
+    hide everything else.
+    """
+
+    def __init__(self, interval: float = 30.0, clock=time.monotonic) -> None:
+        self.interval, self.clock = interval, clock
+        self._seen: dict[str, list] = {}  # kind -> [time of the last line, occurrences since]
+
+    def __call__(self, level: int, kind: str, msg: str, *args) -> None:
+        now = self.clock()
+        seen = self._seen.get(kind)
+        if seen is None:
+            self._seen[kind] = [now, 0]
+            log.log(level, msg, *args)
+        elif now - seen[0] >= self.interval:
+            log.log(level, msg + " (%d more like it in the last %.0f s)", *args, seen[1], now - seen[0])
+            self._seen[kind] = [now, 0]
+        else:
+            seen[1] += 1
+
+    def flush(self) -> None:
+        """One last line for each kind that was held back since its last line."""
+        for kind, (_, n) in self._seen.items():
+            if n:
+                log.warning("%s: %d more like it since the last line", kind, n)
+        self._seen.clear()
+
+
+class Watchdog:
+    """Exit for a restart when nothing progresses for `limit` seconds: source start-up and every frame.
+
+    Armed before the source opens (a frozen stream server hangs there). The first frame is timed: if processing
+    it alone outlasts the limit, restarting cannot help, so it exits with the configuration code and one line.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.first_frame = False  # True while the first frame is being processed
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        if limit > 0:
+            threading.Thread(target=self._run, name="watchdog", daemon=True).start()
+
+    def kick(self) -> None:
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.limit / 4)):
+            idle = time.monotonic() - self._last
+            if idle <= self.limit:
+                continue
+            if self.first_frame:
+                log.critical("watchdog: the first frame took over %.1f s, longer than --watchdog %.1f s; raise "
+                             "--watchdog above one frame's processing time (or shrink frames with --fov/--scale)",
+                             idle, self.limit)
+                code = CONFIG_EXIT
+            else:
+                log.critical("watchdog: no frame processed for %.1f s (limit %.1f s); exiting for a restart",
+                             idle, self.limit)
+                code = WATCHDOG_EXIT
+            logging.shutdown()
+            os._exit(code)
 
 
 @dataclass
@@ -41,10 +112,12 @@ class RunStats:
 class Runtime:
     def __init__(self, source: FileSource | LiveSource, segmenter: Segmenter, publishers: list[Publisher],
                  table: CostTable, cell: int, scale: float | None = None, size: tuple[int, int] | None = None,
-                 log_interval: float = 5.0, watchdog_s: float = 0.0, max_frames: int = 0,
-                 fov: float | None = None) -> None:
+                 log_interval: float = 5.0, watchdog: Watchdog | None = None, max_frames: int = 0,
+                 fov: float | None = None, max_tiles: int = 0, fail_after: float = 0.0) -> None:
         """Frames are resized to `size` (WxH), else by `scale`, else by the camera's `fov` to the model's ground
-        scale (its metadata's `deg_per_pixel`), else run as they come."""
+        scale (its metadata's `deg_per_pixel`), else run as they come. Frames needing more than `max_tiles`
+        tiles are refused (memory budget); when every publisher has failed for `fail_after` seconds the run
+        ends with OUTPUTS_FAILED_EXIT."""
         self.source, self.segmenter, self.publishers = source, segmenter, publishers
         self.table, self.cell, self.scale, self.size, self.fov = table, cell, scale, size, fov
         self.deg_per_pixel = segmenter.model.meta.deg_per_pixel
@@ -52,11 +125,14 @@ class Runtime:
             raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
                              "not record one (exported before it was); pass --scale or --resize instead")
         self._warned_fine = False
-        self.log_interval, self.watchdog_s, self.max_frames = log_interval, watchdog_s, max_frames
+        self.log_interval, self.max_frames = log_interval, max_frames
+        self.watchdog = watchdog or Watchdog(0)
+        self.max_tiles, self.fail_after = max_tiles, fail_after
         self.num_classes = segmenter.model.meta.num_classes
         self.stats = RunStats(class_counts=np.zeros(self.num_classes, np.int64))
         self.stop = threading.Event()
-        self._last_progress = time.monotonic()
+        self.throttle = Throttle()
+        self._failing_since: dict[int, float] = {}  # publisher index -> when its current run of failures began
 
     def status(self) -> dict:
         """Counters for heartbeats."""
@@ -69,27 +145,24 @@ class Runtime:
         if isinstance(self.source, LiveSource):
             self.source.request_stop()
 
-    def _watchdog(self) -> None:
-        while not self.stop.wait(min(1.0, self.watchdog_s / 4)):
-            idle = time.monotonic() - self._last_progress
-            if idle > self.watchdog_s:
-                log.critical("watchdog: no frame processed for %.1f s (limit %.1f s); exiting for a restart",
-                             idle, self.watchdog_s)
-                logging.shutdown()
-                os._exit(WATCHDOG_EXIT)
-
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
-        if self.watchdog_s > 0:
-            threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         next_log = time.monotonic() + self.log_interval
         t_wait = time.perf_counter()
+        rc = 0
+        self.watchdog.kick()  # the source is open
         try:
             for frame in self.source:
                 waited = time.perf_counter() - t_wait
+                self.watchdog.first_frame = self.stats.frames + self.stats.bad_frames == 0
                 self._process(frame, waited)
+                self.watchdog.first_frame = False
+                self.watchdog.kick()
+                if self._outputs_dead():
+                    rc = OUTPUTS_FAILED_EXIT
+                    break
                 if self.stop.is_set() or (self.max_frames and self.stats.frames >= self.max_frames):
                     break
                 if time.monotonic() >= next_log:
@@ -98,14 +171,29 @@ class Runtime:
                 t_wait = time.perf_counter()
         finally:
             self.stop.set()
+            self.watchdog.close()
             if isinstance(self.source, LiveSource):
                 self.source.close()
             for p in self.publishers:
                 try:
                     p.close()
-                except (OSError, RuntimeError) as e:
+                except (OSError, RuntimeError, ValueError, cv2.error) as e:
+                    self.stats.publish_errors += 1
                     log.error("closing %s failed: %s", type(p).__name__, e)
-        return 0
+            self.throttle.flush()
+        return rc
+
+    def _outputs_dead(self) -> bool:
+        """Every publisher has failed on every frame for `fail_after` seconds: nothing reaches anyone."""
+        if not self.fail_after or not self.publishers or len(self._failing_since) < len(self.publishers):
+            return False
+        since = max(self._failing_since.values())
+        if time.monotonic() - since < self.fail_after:
+            return False
+        log.critical("every output has failed for %.0f s (--fail-after): exiting %d so the service manager acts; "
+                     "check the disk, the output folder's permissions and the serial port",
+                     time.monotonic() - since, OUTPUTS_FAILED_EXIT)
+        return True
 
     def _process(self, frame: Frame, waited: float) -> None:
         st = self.stats
@@ -116,15 +204,22 @@ class Runtime:
         try:
             gray = to_gray(frame.image)
             scale = self._scale(gray.shape[1])
-            work = to_gray(gray, scale, self.size) if (scale != 1.0 or self.size) else gray
-        except (ValueError, cv2.error) as e:
-            self._bad(frame, str(e))
+            w, h = work_size(gray.shape, scale, self.size)
+            tiles = count_tiles((h, w), self.segmenter.model.tile_shape, self.segmenter.overlap)
+            if self.max_tiles and tiles > self.max_tiles:
+                self._bad(frame, f"frame {gray.shape[1]}x{gray.shape[0]} segmented at {w}x{h} needs {tiles} tiles, "
+                                 f"over the memory budget --max-tiles {self.max_tiles}: shrink frames with --fov or "
+                                 "--scale, or raise --max-tiles")
+                return
+            work = to_gray(gray, scale, self.size) if (w, h) != (gray.shape[1], gray.shape[0]) else gray
+        except (ValueError, cv2.error, MemoryError) as e:
+            self._bad(frame, str(e) or type(e).__name__)
             return
         t1 = time.perf_counter()
         try:
             seg = self.segmenter(work)
-        except (ValueError, RuntimeError) as e:  # an interpreter fault on one frame must not end the run
-            self._bad(frame, f"segmentation failed: {e}")
+        except (ValueError, RuntimeError, MemoryError) as e:  # one frame's fault must not end the run
+            self._bad(frame, f"segmentation failed: {e or type(e).__name__}")
             return
         mask, conf = seg.mask, seg.confidence
         if work.shape != gray.shape:
@@ -135,15 +230,17 @@ class Runtime:
         grid = terrain_grid(mask, conf, (self.cell, self.cell), self.table)
         t3 = time.perf_counter()
         result = Result(gray, mask, conf, grid, time.time() - frame.timestamp if self.source.live else t3 - t0)
-        for p in self.publishers:
+        for i, p in enumerate(self.publishers):
             try:
                 p.publish(frame, result)
-            except (OSError, RuntimeError, ValueError, cv2.error) as e:
+                self._failing_since.pop(i, None)
+            except (OSError, RuntimeError, ValueError, cv2.error, MemoryError) as e:
                 st.publish_errors += 1
-                log.error("publisher %s failed on frame %s: %s", type(p).__name__, frame.key, e)
+                self._failing_since.setdefault(i, time.monotonic())
+                self.throttle(logging.ERROR, f"{type(p).__name__} failing", "publisher %s failed on frame %s: %s",
+                              type(p).__name__, frame.key, e)
         t4 = time.perf_counter()
         st.frames += 1
-        self._last_progress = time.monotonic()
         st.latencies.append(result.latency)
         tile, invoke = seg.timings["tile"], seg.timings["invoke"]
         for name, dt in (("capture", waited), ("preprocess", t1 - t0), ("tile", tile), ("invoke", invoke),
@@ -167,8 +264,9 @@ class Runtime:
         return 1.0
 
     def _bad(self, frame: Frame, why: str) -> None:
+        """Count and log a skipped frame; the same reason again (a camera sending garbage) is throttled."""
         self.stats.bad_frames += 1
-        log.warning("skipping frame %s: %s", frame.key, why)
+        self.throttle(logging.WARNING, why, "skipping frame %s: %s", frame.key, why)
 
     def _log_interval(self) -> None:
         st = self.stats

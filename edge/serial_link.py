@@ -71,6 +71,7 @@ class SerialPublisher:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._started = time.monotonic()
+        self._write_delay = 0.0  # grows while writes keep failing (a reader that never drains), 0 after a success
         self._thread = threading.Thread(target=self._run, name="serial-publisher", daemon=True)
         self._thread.start()
 
@@ -139,14 +140,23 @@ class SerialPublisher:
 
     def _send(self, msg: P.Message) -> None:
         msg.header = P.Header(msg.header.type, self._next_seq(), msg.header.timestamp_us, msg.header.frame_id)
-        wire = P.encode(msg)
+        try:
+            wire = P.encode(msg)
+        except P.ProtocolError as e:  # never let one bad message end the sender thread
+            self.stats.write_errors += 1
+            log.error("serial: cannot encode %s: %s", type(msg).__name__, e)
+            return
         try:
             self._ser.write(wire)
         except Exception as e:
             self.stats.write_errors += 1
-            log.warning("serial write to %s failed (%s: %s); reopening", self.port, type(e).__name__, e)
+            self._write_delay = min(max(self._write_delay * 2, self.backoff[0]), self.backoff[1])
+            log.warning("serial write to %s failed (%s: %s); reopening in %.1f s", self.port, type(e).__name__, e,
+                        self._write_delay)
             self._close_port()
+            self._stop.wait(self._write_delay)  # a reader that never drains must not cost a core in retries
             return
+        self._write_delay = 0.0
         self.stats.bytes_sent += len(wire)
         if isinstance(msg, P.GridMessage):
             self.stats.maps_sent += 1
@@ -172,17 +182,45 @@ class SerialPublisher:
 
 
 class Receiver:
-    """Reads a serial port and yields decoded messages; the flight-computer side's reference."""
+    """Reads a serial port and yields decoded messages; the flight-computer side's reference.
 
-    def __init__(self, port: str, baud: int, read_timeout: float = 0.2) -> None:
-        self.ser = serial.serial_for_url(port, baud, timeout=read_timeout)
+    A port that vanishes mid-run (a USB-serial adapter unplugged) is reopened with backoff, like the sender's;
+    only a port that cannot be opened at start is an error.
+    """
+
+    def __init__(self, port: str, baud: int, read_timeout: float = 0.2,
+                 backoff: tuple[float, float] = (0.2, 5.0)) -> None:
+        self.port, self.baud, self.read_timeout, self.backoff = port, baud, read_timeout, backoff
+        self.ser: serial.SerialBase | None = self._open()
         self.decoder = P.StreamDecoder()
+        self.reopens = 0
+
+    def _open(self) -> serial.SerialBase:
+        return serial.serial_for_url(self.port, self.baud, timeout=self.read_timeout)
+
+    def _read(self, stop: threading.Event) -> bytes:
+        """Some bytes, or b"" after the read timeout; a failed port is closed and reopened with backoff."""
+        delay = self.backoff[0]
+        while not stop.is_set():
+            try:
+                if self.ser is None:
+                    self.ser = self._open()
+                    log.info("serial port %s reopened", self.port)
+                return self.ser.read(max(1, self.ser.in_waiting or 1))
+            except (serial.SerialException, OSError, ValueError) as e:
+                self.reopens += 1
+                log.warning("serial port %s failed (%s); reopening in %.1f s", self.port, e, delay)
+                self.close()
+                stop.wait(delay)
+                delay = min(delay * 2, self.backoff[1])
+        return b""
 
     def messages(self, stop: threading.Event | None = None, idle_timeout: float | None = None) -> Iterator[P.Message]:
         """Messages until `stop` is set or nothing arrived for `idle_timeout` seconds."""
+        stop = stop or threading.Event()
         last = time.monotonic()
-        while stop is None or not stop.is_set():
-            data = self.ser.read(max(1, self.ser.in_waiting or 1))
+        while not stop.is_set():
+            data = self._read(stop)
             if data:
                 last = time.monotonic()
                 yield from self.decoder.feed(data)
@@ -190,4 +228,7 @@ class Receiver:
                 return
 
     def close(self) -> None:
-        self.ser.close()
+        if self.ser is not None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                self.ser.close()
+            self.ser = None

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +67,19 @@ def to_gray(image: np.ndarray, scale: float = 1.0, size: tuple[int, int] | None 
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
     if image.ndim != 2:
         raise ValueError(f"unsupported image shape {image.shape}, expected (H, W) or (H, W, 1|3|4)")
-    if size is not None:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    elif scale != 1.0:
-        h, w = image.shape
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    new = work_size(image.shape, scale, size)
+    if new != (image.shape[1], image.shape[0]):
+        shrink = new[0] * new[1] < image.shape[0] * image.shape[1]
+        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return image
+
+
+def work_size(shape: tuple[int, ...], scale: float = 1.0, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(W, H) a frame of `shape` (H, W, ...) is segmented at: `size` if given, else scaled by `scale`."""
+    if size is not None:
+        return size
+    h, w = shape[:2]
+    return (max(1, round(w * scale)), max(1, round(h * scale)))
 
 
 WIDEST_FOV = 90.0  # degrees: the widest lens `fine_frame_warning` assumes an unannounced camera has
@@ -106,6 +113,7 @@ class FileSource:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.stats = SourceStats()
+        self.inputs: list[Path] = []  # files read (outputs must never overwrite one)
         p = Path(spec)
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -119,8 +127,11 @@ class FileSource:
             self._iter, kind = self._images(files), "glob"
         elif p.suffix == ".npz":
             self._iter, kind = self._npz(p), "frames file"
+            next(self._iter)
+            self.inputs = [p]
         elif p.is_file():
             self._iter, kind = self._video(p), "video"
+            self.inputs = [p]
         else:
             raise SourceError(f"source not found: {spec} (expected a folder, glob, video, .npz, URL or camera)")
         log.info("source: %s %s", kind, spec)
@@ -129,19 +140,29 @@ class FileSource:
         return self._iter
 
     def _images(self, files: list[Path]) -> Iterator[Frame]:
-        for i, f in enumerate(files):
+        self.inputs = files  # set now: the caller checks outputs against them before the first frame
+        return self._read_images(files, unique_keys(files))
+
+    def _read_images(self, files: list[Path], keys: list[str]) -> Iterator[Frame]:
+        for i, (f, key) in enumerate(zip(files, keys, strict=True)):
             image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
             self.stats.captured += 1
-            yield Frame(f.stem, i, time.time(), image, "" if image is not None else f"cannot decode {f.name}")
+            yield Frame(key, i, time.time(), image, "" if image is not None else f"cannot decode {f.name}")
 
     def _npz(self, path: Path) -> Iterator[Frame]:
+        """Opened and checked before the first frame (this runs at construction, see __init__), read lazily."""
         try:
             z = np.load(path, allow_pickle=False)
             frames = z["frames"]
-        except (OSError, KeyError, ValueError) as e:
-            raise SourceError(f"{path}: not a frames .npz with a 'frames' array ({e})") from e
-        masks = z["masks"] if "masks" in z.files else None
-        names = z["names"].astype(str) if "names" in z.files else None
+            masks = z["masks"] if "masks" in z.files else None
+            names = z["names"].astype(str) if "names" in z.files else None
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise SourceError(f"{path}: not a readable frames .npz with a 'frames' array ({e}); "
+                              "re-copy the file or check how it was written") from e
+        for what, arr in (("masks", masks), ("names", names)):
+            if arr is not None and len(arr) != len(frames):
+                raise SourceError(f"{path}: {len(arr)} {what} for {len(frames)} frames; the file is inconsistent")
+        yield  # primed by __init__: everything above is checked before the run starts
         for i in range(len(frames)):
             self.stats.captured += 1
             key = names[i] if names is not None else f"{path.stem}-{i:05d}"
@@ -233,6 +254,21 @@ class LiveSource:
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout=2)
+
+
+def unique_keys(files: list[Path]) -> list[str]:
+    """Output stems: each file's stem, unless stems collide (`x.png` and `x.jpg`, or `a/x.png` and `b/x.png`);
+    then those files are keyed by their path below the common folder, with `/` and `.` made `_`."""
+    stems = [f.stem for f in files]
+    clash = {s for s in stems if stems.count(s) > 1}
+    if not clash:
+        return stems
+    root = Path(os.path.commonpath([f.parent for f in files])) if len(files) > 1 else files[0].parent
+    keys = [re.sub(r"[/\\.]", "_", str(f.relative_to(root))) if f.stem in clash else f.stem for f in files]
+    log.warning("%d input files share a stem with another (e.g. %s); their outputs are keyed by name and "
+                "extension (e.g. %s)", sum(f.stem in clash for f in files), sorted(clash)[0],
+                next(k for f, k in zip(files, keys, strict=True) if f.stem in clash))
+    return keys
 
 
 def open_source(camera: str | None, source: str | None) -> FileSource | LiveSource:

@@ -17,13 +17,23 @@ from functools import cached_property
 import numpy as np
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Start offsets of tiles along one axis of `length` (already padded to >= tile)."""
+def axis_count(length: int, tile: int, overlap: int) -> int:
+    """How many tiles cover one axis of `length` (padded up to `tile` when shorter)."""
     if tile <= 0 or not 0 <= overlap < tile:
         raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile} overlap={overlap}")
-    if length <= tile:
+    return 1 if length <= tile else math.ceil((length - tile) / (tile - overlap)) + 1
+
+
+def count_tiles(frame_shape: tuple[int, int], tile_shape: tuple[int, int], overlap: tuple[int, int]) -> int:
+    """Tiles of a frame shape, by arithmetic alone: a memory check before anything is allocated."""
+    return math.prod(axis_count(n, t, o) for n, t, o in zip(frame_shape, tile_shape, overlap, strict=True))
+
+
+def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+    """Start offsets of tiles along one axis of `length` (already padded to >= tile)."""
+    n = axis_count(length, tile, overlap)
+    if n == 1:
         return (0,)
-    n = math.ceil((length - tile) / (tile - overlap)) + 1
     span = length - tile
     return tuple(round(i * span / (n - 1)) for i in range(n))
 

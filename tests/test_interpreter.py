@@ -106,3 +106,23 @@ def test_overlap_blending_matches_single_tile_on_exact_fit(tiny_model):
     frame = synthetic_frames(n=1)[0][0][:64]
     direct = m.predict(frame[None].copy())[0].argmax(-1)
     np.testing.assert_array_equal(Segmenter(m, 0.5)(frame).mask, direct)
+
+
+def test_failed_resize_leaves_model_usable(tiny_model, monkeypatch):
+    """A frame too big to allocate must not leave the interpreter half-resized for the frames after it."""
+    tiles = np.random.default_rng(0).integers(0, 256, (3, 64, 128), dtype=np.uint8)
+    clean = TileModel(tiny_model).predict(tiles).copy()
+    m = TileModel(tiny_model)
+    m.predict(tiles[:2])
+    real = it.resize_batch
+
+    def out_of_memory(interp, n):
+        interp.resize_tensor_input(it.input_info(interp).index, [n, 64, 128, 1])  # shape changed, then it fails
+        raise MemoryError
+
+    monkeypatch.setattr(it, "resize_batch", out_of_memory)
+    with pytest.raises(MemoryError):
+        m.predict(np.zeros((10375, 64, 128), np.uint8))
+    monkeypatch.setattr(it, "resize_batch", real)
+    np.testing.assert_array_equal(m.predict(tiles), clean)  # same as a model that never saw the failure
+    np.testing.assert_array_equal(m.predict(tiles[:2]), clean[:2])

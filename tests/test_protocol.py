@@ -214,3 +214,24 @@ def test_concatenated_frames_in_one_read():
     dec = P.StreamDecoder()
     out = dec.feed(b"".join(P.encode(m) for m in msgs))
     assert [m.header.seq for m in out] == list(range(50))
+
+
+def test_empty_grids_and_non_finite_numbers_rejected_on_both_ends():
+    empty = np.zeros((0, 4), np.uint8)
+    msg = P.GridMessage(P.Header(P.TYPE_GRID, 1, 0, 0), (16, 16), (0, 0), 5, empty, empty, empty)
+    with pytest.raises(P.ProtocolError, match="0x4 cells"):
+        P.encode(msg)
+    beat = P.HeartbeatMessage(P.Header(P.TYPE_HEARTBEAT, 1, 0, 0), float("nan"), 1, 0, 0, 0, 0, 1)
+    with pytest.raises(P.ProtocolError, match="fps"):
+        P.encode(beat)
+    # hand-made frames with valid CRCs: what a buggy or hostile sender could put on the wire
+    def beat(fps: float) -> bytes:
+        return P.HEARTBEAT.pack(fps, 1, 0, 0, 0, 0, 1, b"\0" * 8)
+
+    def grid(rows: int) -> bytes:
+        return P.GRID_HEAD.pack(rows, 4, 16, 16, 0, 0, P.ENC_RAW, 5) + bytes(3 * rows * 4)
+
+    for type_, bad, good in ((P.TYPE_GRID, grid(0), grid(1)), (P.TYPE_HEARTBEAT, beat(float("nan")), beat(2.0))):
+        d = P.StreamDecoder()
+        assert d.feed(P.pack(P.Header(type_, 1, 0, 0), bad)) == [] and d.stats.crc_errors == 1
+        assert len(d.feed(P.pack(P.Header(type_, 2, 0, 0), good))) == 1  # the same frame, well-formed, decodes

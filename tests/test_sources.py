@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -79,27 +78,50 @@ def test_camera_argument_validation():
         S.open_source(None, "/nonexistent/folder")
 
 
-def test_watchdog_exits_nonzero_when_no_frame_arrives():
-    code = textwrap.dedent(f"""
-        import threading, logging
-        from marsseg.edge.model import TileModel
-        from marsseg.edge.pipeline import Segmenter
-        from marsseg.edge.runtime import Runtime
-        from marsseg.edge.sources import SourceStats
-        from marsseg.edge.terrain import CostTable
+WATCHDOG_SCRIPT = """
+import threading, logging, time
+import numpy as np
+from marsseg.edge.model import TileModel
+from marsseg.edge.pipeline import Segmenter
+from marsseg.edge.runtime import Runtime, Watchdog
+from marsseg.edge.sources import Frame, SourceStats
+from marsseg.edge.terrain import CostTable
 
-        class Stuck:
-            live = False
-            stats = SourceStats()
-            def __iter__(self):
-                threading.Event().wait()  # a camera driver hung in read()
-                yield
+class Stuck:
+    live = False
+    stats = SourceStats()
+    def __iter__(self):
+        threading.Event().wait()  # a camera driver hung in read()
+        yield
 
-        logging.basicConfig(level=logging.INFO)
-        rt = Runtime(Stuck(), Segmenter(TileModel({str(TINY_MODEL)!r})), [], CostTable((1.0,) * 5), 16,
-                     watchdog_s=0.5)
-        rt.run()
-    """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 3, r.stderr
-    assert "watchdog: no frame processed" in r.stderr
+class Slow(Segmenter):
+    def __call__(self, gray):
+        time.sleep(2)  # a first frame that outlasts the watchdog on its own
+        return super().__call__(gray)
+
+def frames():
+    while True:
+        yield Frame("f", 0, time.time(), np.zeros((64, 128), np.uint8))
+
+class Endless:
+    live = False
+    stats = SourceStats()
+    def __iter__(self):
+        return frames()
+
+logging.basicConfig(level=logging.INFO)
+model = TileModel(MODEL)
+source, segmenter = (Stuck(), Segmenter(model)) if CASE == "stuck" else (Endless(), Slow(model))
+Runtime(source, segmenter, [], CostTable((1.0,) * 5), 16, watchdog=Watchdog(0.5)).run()
+"""
+
+
+@pytest.mark.parametrize(("case", "code", "line"), [
+    ("stuck", 3, "watchdog: no frame processed"),  # a hung camera: exit for a restart
+    ("slow", 2, "raise --watchdog above one frame's processing time"),  # a restart could never help
+])
+def test_watchdog(case, code, line):
+    script = f"MODEL = {str(TINY_MODEL)!r}\nCASE = {case!r}\n" + WATCHDOG_SCRIPT
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert line in r.stderr

@@ -55,6 +55,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # cosine only: ramp from min_lr up to learning_rate first (continued legs)
     ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
     fake_quant: bool = False  # train through int8 rounding of activations (quant.py): a last leg before export
+    freeze_bn: bool = False  # batch norm keeps init_from's statistics (inference mode): degraded-camera fine-tuning
     init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
     time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
     patience: int = 12
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if not self.logit_adjust_scales:
             raise ValueError("logit_adjust_scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
+        if self.freeze_bn and not self.init_from:
+            raise ValueError("freeze_bn needs init_from: the model whose batch-norm statistics are kept")
         if self.distill and not self.init_from:
             raise ValueError("distill needs init_from: the model whose clean-frame answers are matched")
         if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
