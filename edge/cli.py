@@ -40,9 +40,9 @@ class ConfigError(ValueError):
 
 
 def _opt(default, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-         hi_open: bool = False):
-    """A config field with its allowed range, checked by `validate` for flags and TOML alike."""
-    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+         hi_open: bool = False, hint: str = ""):
+    """A config field with its allowed range (and what it means), checked by `validate` for flags and TOML."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "hint": hint})
 
 
 @dataclass
@@ -53,9 +53,10 @@ class EdgeConfig:
     source: str | None = None
     output: str | None = None
     model: str | None = None  # default: the bundled model
-    overlap: float = _opt(0.25, 0, 1, hi_open=True)
-    fov: float | None = _opt(None, 0, 180, lo_open=True, hi_open=True)  # camera's horizontal FOV, degrees
-    scale: float | None = _opt(None, 0, 64, lo_open=True)  # overrides fov
+    overlap: float = _opt(0.25, 0, 1, hi_open=True, hint="a fraction of the tile")
+    fov: float | None = _opt(None, 0, 180, lo_open=True, hi_open=True,
+                             hint="the camera's horizontal field of view in degrees")
+    scale: float | None = _opt(None, 0, 64, lo_open=True, hint="a resize factor; 0.125 for 1024-px navcam frames")
     resize: str | None = None  # WxH; overrides scale and fov
     max_tiles: int = _opt(256, 1)  # memory budget: frames needing more tiles are refused (see --scale)
     cell: int = _opt(16, 1, 4096)
@@ -122,7 +123,8 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
         if not math.isfinite(value) or below or above:
             span = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, " \
                    f"{hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
-            raise ConfigError(f"{_flag(f.name)} must be in {span}, got {value!r}", f.name)
+            hint = f" ({f.metadata['hint']})" if f.metadata.get("hint") else ""
+            raise ConfigError(f"{_flag(f.name)} must be in {span}, got {value!r}{hint}", f.name)
     for name, cost in cfg.costs.items():
         ok = (isinstance(cost, (int, float)) and not isinstance(cost, bool)) or cost in ("inf", "nan")
         if not ok:

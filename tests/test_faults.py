@@ -214,3 +214,34 @@ def test_damaged_video_stays_partial_and_raises(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="damaged"):
         run(tmp_path / "bad.mp4", damage=True)
     assert not (tmp_path / "bad.mp4").exists() and (tmp_path / ".bad.partial.mp4").exists()
+
+
+def test_watchdog_covers_a_frozen_stream_server(tmp_path: Path) -> None:
+    """A network source whose server accepts and then says nothing: the watchdog fires while it opens."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # keep the connection open, send nothing
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        r = subprocess.run([EDGE, "--model", str(TINY_MODEL), "--source", f"http://127.0.0.1:{port}/stream.mjpg",
+                            "--watchdog", "1"], capture_output=True, text=True, timeout=60)
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        server.close()
+    assert r.returncode == 3, r.stderr
+    assert "watchdog: no frame processed" in r.stderr

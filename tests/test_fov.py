@@ -73,7 +73,7 @@ def test_navcam_sized_frames_run_at_the_models_ground_scale(navcam_clip, tmp_pat
 
 def test_fov_errors_are_one_line(tmp_path):
     r = run_edge("--source", "x.png", "--fov", "0")
-    assert r.returncode == 2 and "--fov is the camera's horizontal field of view" in r.stderr
+    assert r.returncode == 2 and "--fov must be in (0, 180), got 0.0 (the camera's horizontal field" in r.stderr
     frames = tmp_path / "f"
     frames.mkdir()
     cv2.imwrite(str(frames / "a.png"), np.zeros((64, 128), np.uint8))
