@@ -19,7 +19,7 @@ class TileModel:
 
     def __init__(self, model_path: str | os.PathLike, meta: ModelMetadata | None = None,
                  num_threads: int | None = None) -> None:
-        self.path = Path(model_path)
+        self.path, self.num_threads = Path(model_path), num_threads
         self.interp = it.make_interpreter(self.path, num_threads)
         self.meta = meta if meta is not None else load_metadata(metadata_path(self.path))
         check_model(self.meta, self.path, self.interp)
@@ -32,15 +32,25 @@ class TileModel:
         return tuple(self.meta.tile_shape)
 
     def _prepare(self, n: int) -> None:
-        """Transactional: if resizing or allocating fails (a frame too big for memory), the model is left
-        unprepared and the next call sizes it afresh, so one failed frame never corrupts the frames after it."""
+        """Transactional: if resizing or allocating fails (a frame too big for memory), the interpreter is
+        rebuilt before the next batch, so one failed frame never corrupts the frames after it.
+
+        Rebuilt, not just resized back: after XNNPACK failed to reshape under a memory limit (`ulimit -v`), the
+        same interpreter resized to a small batch ran, and returned garbage for every later frame.
+        """
         if n == self._batch:
             return
         self._batch, self._in, self._out = 0, None, None
-        it.resize_batch(self.interp, n)
-        i, o = it.input_info(self.interp), it.output_info(self.interp)
-        self._in = np.empty(i.shape, i.dtype)
-        self._out = np.empty(o.shape, np.float32)
+        try:
+            if self.interp is None:
+                self.interp = it.make_interpreter(self.path, self.num_threads)
+            it.resize_batch(self.interp, n)
+            i, o = it.input_info(self.interp), it.output_info(self.interp)
+            self._in = np.empty(i.shape, i.dtype)
+            self._out = np.empty(o.shape, np.float32)
+        except BaseException:
+            self.interp = None
+            raise
         self._batch = n
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:

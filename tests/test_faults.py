@@ -245,3 +245,32 @@ def test_watchdog_covers_a_frozen_stream_server(tmp_path: Path) -> None:
         server.close()
     assert r.returncode == 3, r.stderr
     assert "watchdog: no frame processed" in r.stderr
+
+
+def test_frame_too_big_for_memory_leaves_later_masks_exact(tmp_path: Path) -> None:
+    """Under a memory limit, a huge first frame fails inside the interpreter; the frames after it must come out
+    exactly as in a clean run (the operator's case: they were garbage, 55-100% of pixels wrong, exit 0)."""
+    import resource
+
+    from marsseg.edge.cli import bundled
+
+    with np.load(bundled("demo_clip.npz")) as z:
+        clip = z["frames"][:3]
+    for name in ("in", "clean"):
+        (tmp_path / name).mkdir()
+        for i, f in enumerate(clip):
+            cv2.imwrite(str(tmp_path / name / f"b{i}.png"), f)
+    cv2.imwrite(str(tmp_path / "in" / "a_big.png"), np.full((6000, 8000), 100, np.uint8))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3_000_000_000, 3_000_000_000))
+
+    r = subprocess.run([EDGE, tmp_path / "in", tmp_path / "out", "--max-tiles", "100000", "--summary-json",
+                        tmp_path / "s.json"], capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 0, r.stderr
+    assert "skipping frame a_big" in r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 3 and s["bad_frames"] == 1
+    subprocess.run([EDGE, tmp_path / "clean", tmp_path / "ref"], capture_output=True, check=True, timeout=300)
+    for i in range(3):
+        assert (tmp_path / "out" / f"b{i}.png").read_bytes() == (tmp_path / "ref" / f"b{i}.png").read_bytes()
