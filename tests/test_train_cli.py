@@ -34,18 +34,24 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
     assert split["train_frames"] + split["val_frames"] == 24 and split["seed"] == 42
 
     # continue from that model (how a CPU run is extended in a later session), as a quantization-aware leg
+    # through random cameras with batch norm frozen
     rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
                "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", "--set", "logit_adjust=false",
-               "--set", "fake_quant=true", *TINY])
+               "--set", "fake_quant=true", "--set", "freeze_bn=true", "--set", "degrade=0.5", *TINY])
     assert rc == 0
     continued = tmp_path / "continued"
     assert json.loads((continued / "config.json").read_text())["init_from"].endswith("model.keras")
     unadjusted = json.loads((continued / "metrics.json").read_text())
     assert "logit_adjustment" not in unadjusted
     assert 0.0 <= unadjusted["val_miou_fake_quant"] <= 1.0  # epochs were scored fake-quantized ...
+    assert 0.0 <= unadjusted["val_miou_camera"] <= 1.0  # ... and on validation frames through random cameras
     saved = keras.saving.load_model(continued / "model.keras", compile=False)  # ... the plain model was saved
-    assert [type(layer) for layer in saved.layers] == [type(layer) for layer in
-                                                       keras.saving.load_model(run / "model.keras").layers]
+    start = keras.saving.load_model(run / "model.keras")
+    assert [type(layer) for layer in saved.layers] == [type(layer) for layer in start.layers]
+    for a, b in zip(saved.layers, start.layers, strict=True):
+        if isinstance(a, keras.layers.BatchNormalization):  # frozen: statistics, scale and offset as they were
+            for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+                np.testing.assert_array_equal(wa, wb)
 
     # adjust that finished run afterwards (the split is rebuilt from its config): first into a copy, which leaves
     # the original as it was and its export/ behind, then in place; a second adjustment is refused

@@ -34,8 +34,8 @@ def plot_curves(history_csv: Path, path: Path) -> None:
         if key in rows[0]:
             a.plot(epochs, [float(r[key]) for r in rows], label=key)
     a.set_xlabel("epoch"), a.set_title("loss"), a.legend()
-    for key in [k for k in rows[0] if k.startswith("val_iou_") or k == "val_miou"]:
-        b.plot(epochs, [float(r[key]) for r in rows], label=key, lw=2.5 if key == "val_miou" else 1)
+    for key in [k for k in rows[0] if k.startswith("val_iou_") or k in ("val_miou", "val_miou_camera")]:
+        b.plot(epochs, [float(r[key]) for r in rows], label=key, lw=2.5 if key.startswith("val_miou") else 1)
     b.set_xlabel("epoch"), b.set_title("validation IoU (background ignored)"), b.legend(fontsize=8)
     _save(fig, path)
 
