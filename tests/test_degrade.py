@@ -100,9 +100,17 @@ def test_training_tiles_are_degraded_before_the_crop(frames_file):
     plain = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8))
     cam = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
     again = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
+    for t in (plain, cam, again):
+        t.on_epoch_end()  # what Keras calls before the first epoch
+    first = cam.epoch
+    cam.on_epoch_end()
+    assert cam.epoch is first  # not read yet: kept (with a teacher, remaking it costs a pass over every tile)
     assert np.array_equal(cam.epoch[0], again.epoch[0]) and cam.epoch[0].shape == plain.epoch[0].shape
     assert not np.array_equal(cam.epoch[0], plain.epoch[0])
     assert np.array_equal(ds.frames, D.load_dataset(frames_file).frames)  # the dataset itself is not touched
+    cam[0]
+    cam.on_epoch_end()
+    assert cam.epoch is not first  # read: the next epoch gets new crops and cameras
 
 
 def band_teacher():

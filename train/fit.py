@@ -35,9 +35,17 @@ class TrainTiles(keras.utils.PyDataset):
         super().__init__()
         self.ds, self.cfg, self.teacher = ds, cfg, teacher
         self.rng = np.random.default_rng(cfg.training_seed)
-        self.on_epoch_end()
+        self.epoch: tuple | None = None
+        self._served = False
 
     def on_epoch_end(self) -> None:
+        """New crops for the next epoch. Keras also calls this once before the first epoch: an epoch nobody has
+        read yet is kept (with a teacher, making one costs a pass over every training tile)."""
+        if self.epoch is None or self._served:
+            self._make_epoch()
+
+    def _make_epoch(self) -> None:
+        self._served = False
         frames = self.ds.frames
         if self.cfg.degrade > 0:
             frames = D.degrade(frames, self.rng, self.cfg.degrade)
@@ -58,9 +66,14 @@ class TrainTiles(keras.utils.PyDataset):
         self.epoch = (x[order], y[order], soft)  # one assignment: a prefetching reader never mixes two epochs
 
     def __len__(self) -> int:
+        if self.epoch is None:
+            self._make_epoch()
         return math.ceil(len(self.epoch[0]) / self.cfg.batch_size)
 
     def __getitem__(self, i: int):
+        if self.epoch is None:
+            self._make_epoch()
+        self._served = True
         x, y, soft = self.epoch
         s = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
         if soft is None:
