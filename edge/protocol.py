@@ -20,7 +20,7 @@ HEADER = struct.Struct("<2sBBIQIH")  # 22 bytes
 CRC = struct.Struct("<I")
 MAX_PAYLOAD = 16384
 MAX_FRAME = HEADER.size + MAX_PAYLOAD + CRC.size  # unstuffed
-MAX_WIRE = MAX_FRAME + MAX_FRAME // 254 + 2  # COBS overhead + delimiter
+MAX_WIRE = MAX_FRAME + MAX_FRAME // 254 + 3  # COBS overhead + the two delimiters
 
 TYPE_GRID, TYPE_HEARTBEAT = 1, 2
 ENC_RAW, ENC_RLE, ENC_PLANES = 0, 1, 2
@@ -71,12 +71,16 @@ class Header:
 
 
 def pack(header: Header, payload: bytes) -> bytes:
-    """One wire frame: COBS(header + payload + CRC-32) + 0x00."""
+    """One wire frame: 0x00 + COBS(header + payload + CRC-32) + 0x00.
+
+    The leading delimiter ends whatever garbage came before (line noise, a frame cut short by a reset), so a
+    damaged frame never takes the next good one down with it; a receiver skips the empty frame between two.
+    """
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
     body = HEADER.pack(MAGIC, VERSION, header.type, header.seq & 0xFFFFFFFF, header.timestamp_us,
                        header.frame_id & 0xFFFFFFFF, len(payload)) + payload
-    return cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
+    return b"\x00" + cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
 
 
 def unpack(frame: bytes) -> tuple[Header, bytes]:
@@ -317,6 +321,6 @@ class StreamDecoder:
 
 
 def wire_size(payload_len: int) -> int:
-    """Worst-case bytes on the wire for a payload (COBS overhead + delimiter)."""
+    """Worst-case bytes on the wire for a payload (COBS overhead + the two delimiters)."""
     n = HEADER.size + payload_len + CRC.size
-    return n + math.ceil(n / 254) + 1
+    return n + math.ceil(n / 254) + 2

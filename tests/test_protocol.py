@@ -60,7 +60,7 @@ def test_cobs_round_trip_and_no_zero(data):
 @given(st.one_of(grid_messages(), heartbeats))
 def test_message_round_trip(msg):
     wire = P.encode(msg)
-    assert wire.endswith(b"\x00") and b"\x00" not in wire[:-1]
+    assert wire.startswith(b"\x00") and wire.endswith(b"\x00") and b"\x00" not in wire[1:-1]
     assert len(wire) <= P.wire_size(len(msg.payload()))
     dec = P.StreamDecoder()
     (out,) = dec.feed(wire)
@@ -69,7 +69,7 @@ def test_message_round_trip(msg):
 
 def test_frame_is_checkable_with_zlib_alone():
     msg = P.HeartbeatMessage(P.Header(P.TYPE_HEARTBEAT, 7, 123, 9), 10.0, 1, 2, 3, 4, 5, 6, b"abcdefgh")
-    frame = P.cobs_decode(P.encode(msg)[:-1])
+    frame = P.cobs_decode(P.encode(msg)[1:-1])
     assert zlib.crc32(frame[:-4]).to_bytes(4, "little") == frame[-4:]
     assert frame[:2] == b"MS" and frame[2] == 1 and frame[3] == P.TYPE_HEARTBEAT
 
@@ -235,3 +235,11 @@ def test_empty_grids_and_non_finite_numbers_rejected_on_both_ends():
         d = P.StreamDecoder()
         assert d.feed(P.pack(P.Header(type_, 1, 0, 0), bad)) == [] and d.stats.crc_errors == 1
         assert len(d.feed(P.pack(P.Header(type_, 2, 0, 0), good))) == 1  # the same frame, well-formed, decodes
+
+
+def test_a_frame_cut_short_does_not_take_the_next_one_down():
+    """Line noise or a sender reset cuts a frame before its delimiter: the next frame still decodes."""
+    a, b = (P.encode(P.HeartbeatMessage(P.Header(P.TYPE_HEARTBEAT, s, 0, 0), 1.0, s, 0, 0, 0, 0, 1)) for s in (1, 2))
+    d = P.StreamDecoder()
+    out = d.feed(a[: len(a) // 2] + b"\x17\x99" + b)
+    assert [m.header.seq for m in out] == [2] and d.stats.crc_errors == 1

@@ -133,8 +133,9 @@ def fuzz(n: int, seed: int = 0) -> dict:
             raised += 1
         if (i + 1) % 250_000 == 0:
             say(f"  fuzz: {i + 1} inputs, {decoded} decoded, {raised} raised")
-    return {"inputs": n, "raised": raised, "decoded": decoded, "rejected": d.stats.crc_errors,
-            "resyncs": d.stats.resyncs, "seconds": round(time.monotonic() - t0, 1)}
+    return {"inputs": n, "intact_frames": n // 5, "raised": raised, "decoded": decoded,
+            "duplicates_dropped": d.stats.duplicates, "rejected": d.stats.crc_errors, "resyncs": d.stats.resyncs,
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
