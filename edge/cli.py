@@ -310,12 +310,7 @@ def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
         if out.resolve() in folders:
             raise ConfigError(f"--output {out} holds input frames: its NAME.png masks would overwrite them; "
                               "pass another folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--output {out} cannot be created: {e.strerror or e}") from e
-        if not os.access(out, os.W_OK):
-            raise ConfigError(f"--output {out} is not writable by this user; fix its permissions or pass another")
+        _writable_folder(out, f"--output {out}")
     for flag, path in (("--video", cfg.video), ("--summary-json", cfg.summary_json)):
         if not path:
             continue
@@ -324,13 +319,17 @@ def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
             raise ConfigError(f"{flag} {path} is one of the input frames; pass another file name")
         if path.is_dir():
             raise ConfigError(f"{flag} {path} is a folder; pass a file name")
-        parent = path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"{flag} {path}: folder {parent} cannot be created: {e.strerror or e}") from e
-        if not os.access(parent, os.W_OK):
-            raise ConfigError(f"{flag} {path}: folder {parent} is not writable by this user")
+        _writable_folder(path.parent, f"{flag} {path}: folder {path.parent}")
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if needed; ConfigError naming `what` when that fails or this user cannot write there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be created: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{what} is not writable by this user; fix its permissions or pass another")
 
 
 def print_summary(s: dict) -> None:
