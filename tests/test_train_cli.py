@@ -193,3 +193,47 @@ def test_train_seed_varies_the_augmentation_stream_and_leaves_the_split_alone(fr
     assert not np.array_equal(first_batch(), first_batch(train_seed=43))  # a continued leg can draw new crops
     split = [prepare_data(TrainConfig(data=str(frames_file), train_seed=s))["val"].names.tolist() for s in (1, 2)]
     assert split[0] == split[1]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_the_run_stopped(frames_file, tmp_path, monkeypatch, capsys):
+    """A run stopped after epoch 1 and resumed ends with the weights of the same run uninterrupted: optimizer
+    moments, weight average, fake-quant ranges, dropout seeds, camera/crop stream and LR position all carry over."""
+    from marsseg.train import fit
+
+    args = ["--data", str(frames_file), "--epochs", "2", "--batch-size", "8", "--out-dir", str(tmp_path), *TINY,
+            "--set", "ema=0.9", "--set", "photometric=0.2", "--set", "degrade=0.5", "--set", "fake_quant=true",
+            "--set", "schedule=\"cosine\"", "--set", "learning_rate=0.01", "--set", "logit_adjust=false"]
+    assert main([*args, "--run-name", "whole"]) == 0
+
+    real = fit.ResumeCheckpoint.on_epoch_end
+
+    def stop_after_first(self, epoch, logs=None):  # SIGTERM lands during epoch 2: epoch 1's checkpoint is kept
+        real(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit.ResumeCheckpoint, "on_epoch_end", stop_after_first)
+    assert main([*args, "--run-name", "cut"]) == 130
+    assert f"--resume {tmp_path / 'cut'}" in capsys.readouterr().err
+    assert not (tmp_path / "cut" / "metrics.json").exists()  # finished runs only
+    monkeypatch.setattr(fit.ResumeCheckpoint, "on_epoch_end", real)
+    assert main(["--resume", str(tmp_path / "cut")]) == 0
+
+    from marsseg.train import checkpoint
+
+    whole, resumed = (checkpoint.load(tmp_path / r / "checkpoint.npz") for r in ("whole", "cut"))
+    assert whole[2]["epochs_done"] == resumed[2]["epochs_done"] == 2
+    for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):  # the last epoch's full state
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    history = [(tmp_path / r / "history.csv").read_text().splitlines() for r in ("whole", "cut")]
+    assert len(history[0]) == len(history[1]) == 3  # header + two epochs, the resumed run's appended
+    m = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("whole", "cut")]
+    assert m[1]["resumed"] and m[1]["epochs_run"] == 2 and abs(m[0]["mean_iou"] - m[1]["mean_iou"]) < 1e-4
+
+    assert main(["--resume", str(tmp_path / "cut")]) == 2  # finished: nothing to resume
+    assert "has finished" in capsys.readouterr().err
+    ckpt = tmp_path / "whole" / "checkpoint.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
+    assert main(["--resume", str(tmp_path / "whole")]) == 2
+    assert "checkpoint.npz is damaged" in capsys.readouterr().err

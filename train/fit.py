@@ -14,8 +14,8 @@ import numpy as np
 from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
+from marsseg.train import checkpoint, prior, quant
 from marsseg.train import data as D
-from marsseg.train import prior, quant
 from marsseg.train.config import TrainConfig
 from marsseg.train.losses import make_loss, with_distillation
 from marsseg.train.macs import count_macs
@@ -31,10 +31,11 @@ class TrainTiles(keras.utils.PyDataset):
     packed as (B, H, W, 1 + C) for `losses.with_distillation`.
     """
 
-    def __init__(self, ds: D.Dataset, cfg: TrainConfig, teacher: keras.Model | None = None) -> None:
+    def __init__(self, ds: D.Dataset, cfg: TrainConfig, teacher: keras.Model | None = None,
+                 first_epoch: int = 0) -> None:
         super().__init__()
         self.ds, self.cfg, self.teacher = ds, cfg, teacher
-        self.rng = np.random.default_rng(cfg.training_seed)
+        self.next_epoch = first_epoch  # epoch k draws from its own generator (seed, k): a resumed run replays it
         self.epoch: tuple | None = None
         self._served = False
 
@@ -46,6 +47,8 @@ class TrainTiles(keras.utils.PyDataset):
 
     def _make_epoch(self) -> None:
         self._served = False
+        self.rng = np.random.default_rng((self.cfg.training_seed, self.next_epoch))
+        self.next_epoch += 1
         frames = self.ds.frames
         if self.cfg.degrade > 0:
             frames = D.degrade(frames, self.rng, self.cfg.degrade)
@@ -153,21 +156,55 @@ class EmaSwap(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save `model` atomically whenever val_score improves, so Ctrl-C or a crash keeps the best so far.
+    """Save `model` atomically whenever val_score improves, so Ctrl-C or a crash keeps the best so far; stop
+    training after `patience` epochs without improvement (the best model is what the run goes on with).
 
     `model` is the plain model even when training runs through its fake-quantized wrapper (quant.py).
     """
 
-    def __init__(self, path: Path, model: keras.Model) -> None:
+    def __init__(self, path: Path, model: keras.Model, patience: int) -> None:
         super().__init__()
-        self.path, self.ship, self.best, self.best_epoch = path, model, -np.inf, -1
-        self.best_logs: dict = {}
+        self.path, self.ship, self.patience = path, model, patience
+        self.best, self.best_epoch, self.best_logs = -np.inf, -1, {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         v = (logs or {}).get("val_score", -np.inf)
         if v > self.best:
-            self.best, self.best_epoch, self.best_logs = v, epoch + 1, dict(logs)
+            self.best, self.best_epoch, self.best_logs = float(v), epoch + 1, {k: float(x) for k, x in logs.items()}
             write_atomic(self.path, lambda p: self.ship.save(p))
+        elif epoch + 1 - self.best_epoch >= self.patience:
+            log.info("early stop: no better val_score for %d epochs (best %.4f, epoch %d)", self.patience,
+                     self.best, self.best_epoch)
+            self.model.stop_training = True
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """The run's resumable checkpoint (checkpoint.py) after every epoch; last in the callback list, so it sees
+    the raw weights (after EmaSwap's restorer) and every other callback's updated state."""
+
+    def __init__(self, path: Path, optimizer: keras.optimizers.Optimizer, best: BestCheckpoint,
+                 plateau: keras.callbacks.ReduceLROnPlateau | None) -> None:
+        super().__init__()
+        self.path, self.optimizer, self.best, self.plateau = path, optimizer, best, plateau
+
+    def state(self, epochs_done: int) -> dict:
+        s = {"epochs_done": epochs_done, "best": self.best.best, "best_epoch": self.best.best_epoch,
+             "best_logs": self.best.best_logs, "stopped": bool(self.model.stop_training)}
+        if self.plateau is not None:
+            s["plateau"] = {k: float(getattr(self.plateau, k)) for k in PLATEAU_STATE}
+        return s
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        checkpoint.save(self.path, self.model, self.optimizer, self.state(epoch + 1))
+
+    def resume(self, state: dict) -> None:
+        self.best.best, self.best.best_epoch, self.best.best_logs = state["best"], state["best_epoch"], \
+            state["best_logs"]
+        for k, v in state.get("plateau", {}).items():
+            setattr(self.plateau, k, v)
+
+
+PLATEAU_STATE = ("wait", "best", "cooldown_counter")
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -272,11 +309,20 @@ def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> float | ke
     return cfg.learning_rate
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train one model; returns the run folder."""
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train one model; returns the run folder. With `resume`, continue the run `cfg` names from its checkpoint.
+
+    An interrupted run (SIGINT/SIGTERM) stops after saving nothing new: model.keras is its best epoch so far and
+    `--resume` continues it; the logit adjustment and metrics.json come once, when the run finishes.
+    """
     from marsseg.train import report
 
     keras.utils.set_random_seed(cfg.training_seed)
+    run_name = cfg.run_name = cfg.run_name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / run_name
+    saved = checkpoint.load(run_dir / checkpoint.NAME) if resume else None
+    if saved and saved[2].get("finished"):
+        raise checkpoint.ResumeError(f"run {run_dir} has finished; nothing to resume (start a new run with init_from)")
     prep = prepare_data(cfg)
     train_ds, val_ds = prep["train"], prep["val"]
     val_x, val_y = D.fixed_tiles(val_ds)
@@ -289,15 +335,17 @@ def train(cfg: TrainConfig) -> Path:
     log.info("frames: %d train / %d val (%d val tiles); class weights %s", len(train_ds), len(val_ds),
              len(val_x), np.round(weights, 3).tolist())
 
-    run_name = cfg.run_name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.out_dir) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    write_text_atomic(run_dir / "split.json", json.dumps({
-        "data": str(prep["path"]), "data_sha256": sha256_file(prep["path"]), "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction, "train_frames": len(train_ds), "val_frames": len(val_ds),
-        "val_names": val_ds.names.tolist(), "cleaning": prep["cleaning"].as_dict(),
-    }, indent=1))
+    if resume:
+        if load_split(run_dir)["val_names"] != val_ds.names.tolist():
+            raise checkpoint.ResumeError(f"the split rebuilt from {cfg.data} differs from {run_dir}/split.json")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        write_text_atomic(run_dir / "split.json", json.dumps({
+            "data": str(prep["path"]), "data_sha256": sha256_file(prep["path"]), "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction, "train_frames": len(train_ds), "val_frames": len(val_ds),
+            "val_names": val_ds.names.tolist(), "cleaning": prep["cleaning"].as_dict(),
+        }, indent=1))
 
     loss_fn = make_loss(cfg.loss, weights, cfg.focal_gamma, cfg.dice_weight)
     with device_scope():
@@ -314,36 +362,45 @@ def train(cfg: TrainConfig) -> Path:
         net = quant.with_fake_quant(model) if cfg.fake_quant else model  # shares model's weights
         teacher = keras.saving.load_model(cfg.init_from, compile=False) if cfg.distill else None
         net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, cfg.distill) if teacher else loss_fn)
+        if saved:
+            checkpoint.restore(net, optimizer, saved[0], saved[1], run_dir / checkpoint.NAME)
     macs = count_macs(model)
     log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
 
-    ckpt = BestCheckpoint(run_dir / "model.keras", model)
+    ckpt = BestCheckpoint(run_dir / "model.keras", model, cfg.patience)
+    plateau = keras.callbacks.ReduceLROnPlateau("val_score", mode="max", factor=0.5, patience=cfg.lr_patience,
+                                                min_lr=cfg.min_lr, verbose=1) if cfg.schedule == "plateau" else None
+    resumable = ResumeCheckpoint(run_dir / checkpoint.NAME, optimizer, ckpt, plateau)
     ema = [EmaSwap()] if cfg.ema > 0 else []
     callbacks = [
         *ema,
         ValidationIoU(val_x, val_y, loss_fn, cfg.batch_size, camera_x),
         ckpt,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        keras.callbacks.EarlyStopping("val_score", mode="max", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        *([plateau] if plateau else []),
+        *([TimeBudget(cfg.time_budget_min)] if cfg.time_budget_min > 0 else []),
+        *[e.restorer() for e in ema],
+        resumable,
     ]
-    if cfg.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            "val_score", mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=1))
-    if cfg.time_budget_min > 0:
-        callbacks.append(TimeBudget(cfg.time_budget_min))
-    callbacks += [e.restorer() for e in ema]
+    done = 0
+    if saved:
+        resumable.resume(saved[2])
+        done = saved[2]["epochs_done"] if not saved[2].get("stopped") else cfg.epochs
+        log.info("resuming %s after epoch %d (best %.4f at epoch %d)", run_dir, saved[2]["epochs_done"],
+                 ckpt.best, ckpt.best_epoch)
     started = time.perf_counter()
-    interrupted = False
-    try:
-        history = net.fit(TrainTiles(train_ds, cfg, teacher), epochs=cfg.epochs, callbacks=callbacks, verbose=2)
-        epochs_run = len(history.history.get("loss", []))
-    except KeyboardInterrupt:
-        interrupted = True
-        epochs_run = ckpt.best_epoch
-        log.warning("interrupted: keeping the best model so far (epoch %d)", ckpt.best_epoch)
+    if done < cfg.epochs:
+        try:
+            net.fit(TrainTiles(train_ds, cfg, teacher, first_epoch=done), epochs=cfg.epochs, initial_epoch=done,
+                    callbacks=callbacks, verbose=2)
+        except KeyboardInterrupt:
+            log.warning("interrupted: model.keras is the best epoch so far (%d); continue with "
+                        "`marsseg-train --resume %s`", ckpt.best_epoch, run_dir)
+            raise
     wall = time.perf_counter() - started
     if not (run_dir / "model.keras").exists():
         raise RuntimeError("training stopped before the first epoch finished; no model was saved")
+    epochs_run = checkpoint.load(run_dir / checkpoint.NAME)[2]["epochs_done"]
 
     best = keras.saving.load_model(run_dir / "model.keras", compile=False)
     before, adjusted = float(ckpt.best_logs.get("val_miou", np.nan)), {}
@@ -355,19 +412,21 @@ def train(cfg: TrainConfig) -> Path:
         before = scores(confusion_matrix(val_y, predict_classes(best, val_x, cfg.batch_size)[0])).mean_iou
         log.info("best checkpoint: val mean IoU %.4f fake-quantized, %.4f float", fq, before)
     if cfg.logit_adjust:
-        done = prior.adjust(best, D.fixed_tiles(train_ds), (val_x, val_y), prior.SAMPLE_TILES, cfg.seed,
-                            cfg.logit_adjust_scales)
-        adjusted["logit_adjustment"] = {**done, "val_miou_before": round(before, 4), "made_by": "training"}
+        done_adjust = prior.adjust(best, D.fixed_tiles(train_ds), (val_x, val_y), prior.SAMPLE_TILES, cfg.seed,
+                                   cfg.logit_adjust_scales)
+        adjusted["logit_adjustment"] = {**done_adjust, "val_miou_before": round(before, 4), "made_by": "training"}
         write_atomic(run_dir / "model.keras", lambda p: best.save(p))
     metrics = {
         "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **evaluate_run(best, val_x, val_y, cfg, run_dir),
-        "best_epoch": ckpt.best_epoch, "epochs_run": epochs_run, "interrupted": interrupted,
-        "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs_run, 1), 1),
+        "best_epoch": ckpt.best_epoch, "epochs_run": epochs_run, "resumed": resume,
+        "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs_run - done, 1), 1),
         "parameters": int(best.count_params()), "macs_per_tile": int(macs),
         "class_weights": weights.tolist(), "train_frames": len(train_ds), "val_frames": len(val_ds),
         "val_tiles": len(val_x), "backend": keras.backend.backend(), **adjusted,
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    net_values, opt_values, state = checkpoint.load(run_dir / checkpoint.NAME)
+    checkpoint.save_arrays(run_dir / checkpoint.NAME, net_values, opt_values, {**state, "finished": True})
     if (run_dir / "history.csv").exists():
         report.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
     log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, metrics["mean_iou"],
