@@ -141,7 +141,7 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
     return cfg
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (not ten lines of usage first)."""
 
     def error(self, message: str):
@@ -153,7 +153,7 @@ def bundled(name: str) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> EdgeConfig:
-    p = _Parser(prog="marsseg-edge", description=__doc__,
+    p = OneLineParser(prog="marsseg-edge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", help="same as --source")
     p.add_argument("output_pos", nargs="?", metavar="output", help="same as --output")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import serial
 from marsseg.edge import protocol as P
+from marsseg.edge.cli import OneLineParser
 from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.serial_link import Receiver
 
@@ -59,8 +60,7 @@ def save_grid(msg: P.GridMessage, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="marsseg-listen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="marsseg-listen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("port", help="serial port or pyserial URL (e.g. /dev/ttyUSB0, loop://)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--json", action="store_true", help="JSON lines instead of human-readable lines")
