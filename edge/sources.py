@@ -129,6 +129,8 @@ class FileSource:
             self._iter, kind = self._npz(p), "frames file"
             next(self._iter)
             self.inputs = [p]
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:  # one image: keyed by its stem, like a folder's
+            self._iter, kind = self._images([p]), "image"
         elif p.is_file():
             self._iter, kind = self._video(p), "video"
             self.inputs = [p]

@@ -79,6 +79,10 @@ def nameless_class(meta: dict) -> dict:
     return meta
 
 
+def one_image_keyed(d: Path) -> None:
+    assert sorted(p.name for p in (d / "out").iterdir()) == ["shot_1.png", "shot_1_overlay.png"]  # not a "video"
+
+
 def one_big_frame(d: Path) -> None:
     cv2.imwrite(str(d / "in" / "shot_00_big.png"), np.full((3000, 4000), 120, np.uint8))
 
@@ -95,6 +99,8 @@ CASES = [
     Case("output cannot be created", lambda d: [d / "in", d / "in" / "shot_0.png" / "out"], 2, "cannot be created"),
     Case("summary-json under a file", lambda d: [d / "in", "--summary-json", d / "in" / "shot_1.png" / "s.json"], 2,
          "--summary-json"),
+    Case("one image in its own folder", lambda d: [d / "in" / "shot_1.png", d / "in"], 2, "holds input frames"),
+    Case("one image", lambda d: [d / "in" / "shot_1.png", d / "out"], 0, "source: image", after=one_image_keyed),
     Case("video over an input", lambda d: [d / "in", d / "out", "--video", d / "in" / "shot_2.png"], 2,
          "is one of the input frames"),
     Case("two inputs share a stem", lambda d: [d / "in", d / "out"], 0, "share a stem", setup=both_suffixes,
