@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except (serial.SerialException, OSError, ValueError) as e:
         print(f"marsseg-listen: error: cannot open {a.port}: {e}", file=sys.stderr)
         return 2
+    log.info("listening on %s at %d baud", a.port, a.baud)  # opening the port flushed whatever came before
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     n = save_errors = 0

@@ -170,9 +170,13 @@ class SerialPublisher:
             self._ser = None
 
     def close(self, flush_timeout: float = 2.0) -> None:
-        """Send what is in the mailbox (bounded wait), then stop the thread and close the port."""
+        """Send what is in the mailbox (bounded wait), then stop the thread and close the port.
+
+        Waits even while the port is being reopened after a failed write: the last map of a run is the one the
+        flight computer most needs, and a transient fault just before shutdown must not drop it.
+        """
         deadline = time.monotonic() + flush_timeout
-        while self._mail is not None and self._ser is not None and time.monotonic() < deadline:
+        while self._mail is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
         with self._cond:

@@ -233,6 +233,10 @@ def test_edge_cli_to_listen_cli_through_ptys(tmp_path):
                                "--json", "--save", str(tmp_path / "grids")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # opening a port flushes its input: start sending only once the listener has it open
+        opened = ""
+        while "listening on" not in opened and listen.poll() is None:
+            opened = listen.stderr.readline()
         edge = subprocess.run([shutil.which("marsseg-edge") or str(bindir / "marsseg-edge"), str(d), "--model",
                                str(TINY_MODEL), "--serial", os.ttyname(s1), "--baud", "921600", "--map-rate", "20"],
                               capture_output=True, text=True, timeout=120)
