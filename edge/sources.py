@@ -127,7 +127,6 @@ class FileSource:
             self._iter, kind = self._images(files), "glob"
         elif p.suffix == ".npz":
             self._iter, kind = self._npz(p), "frames file"
-            next(self._iter)
             self.inputs = [p]
         elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:  # one image: keyed by its stem, like a folder's
             self._iter, kind = self._images([p]), "image"
@@ -152,7 +151,7 @@ class FileSource:
             yield Frame(key, i, time.time(), image, "" if image is not None else f"cannot decode {f.name}")
 
     def _npz(self, path: Path) -> Iterator[Frame]:
-        """Opened and checked before the first frame (this runs at construction, see __init__), read lazily."""
+        """Opened and checked now, before the first frame; the frames are read lazily."""
         try:
             z = np.load(path, allow_pickle=False)
             frames = z["frames"]
@@ -164,7 +163,10 @@ class FileSource:
         for what, arr in (("masks", masks), ("names", names)):
             if arr is not None and len(arr) != len(frames):
                 raise SourceError(f"{path}: {len(arr)} {what} for {len(frames)} frames; the file is inconsistent")
-        yield  # primed by __init__: everything above is checked before the run starts
+        return self._read_npz(path, frames, masks, names)
+
+    def _read_npz(self, path: Path, frames: np.ndarray, masks: np.ndarray | None,
+                  names: np.ndarray | None) -> Iterator[Frame]:
         for i in range(len(frames)):
             self.stats.captured += 1
             key = names[i] if names is not None else f"{path.stem}-{i:05d}"
