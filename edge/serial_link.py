@@ -85,7 +85,7 @@ class SerialPublisher:
             if self._mail is not None:
                 self.stats.maps_skipped += 1
             self._mail = msg
-            self._cond.notify()
+            self._cond.notify_all()  # the sender thread, and close() waiting for the mailbox to empty
 
     def _fit(self, frame: Frame, result: Result) -> P.GridMessage | None:
         grid = result.grid
@@ -132,6 +132,7 @@ class SerialPublisher:
                 timeout = max(0.0, next_beat - time.monotonic())
                 self._cond.wait_for(lambda: self._mail is not None or self._stop.is_set(), timeout=timeout)
                 msg, self._mail = self._mail, None
+                self._cond.notify_all()
             if msg is None and time.monotonic() >= next_beat:
                 msg = self._heartbeat()
                 next_beat = time.monotonic() + self.heartbeat_s
@@ -164,10 +165,7 @@ class SerialPublisher:
             self.stats.heartbeats += 1
 
     def _close_port(self) -> None:
-        if self._ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                self._ser.close()
-            self._ser = None
+        self._ser = close_quietly(self._ser)
 
     def close(self, flush_timeout: float = 2.0) -> None:
         """Send what is in the mailbox (bounded wait), then stop the thread and close the port.
@@ -175,11 +173,9 @@ class SerialPublisher:
         Waits even while the port is being reopened after a failed write: the last map of a run is the one the
         flight computer most needs, and a transient fault just before shutdown must not drop it.
         """
-        deadline = time.monotonic() + flush_timeout
-        while self._mail is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._stop.set()
         with self._cond:
+            self._cond.wait_for(lambda: self._mail is None, timeout=flush_timeout)
+            self._stop.set()
             self._cond.notify_all()
         self._thread.join(timeout=flush_timeout)
         self._close_port()
@@ -232,7 +228,11 @@ class Receiver:
                 return
 
     def close(self) -> None:
-        if self.ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                self.ser.close()
-            self.ser = None
+        self.ser = close_quietly(self.ser)
+
+
+def close_quietly(ser: serial.SerialBase | None) -> None:
+    """Close a port that may already be gone (an unplugged adapter raises on close too); returns None to store."""
+    if ser is not None:
+        with contextlib.suppress(serial.SerialException, OSError):
+            ser.close()
