@@ -1,6 +1,7 @@
 """Smoke test: one epoch on a few dozen tiles through the real training CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -217,6 +218,7 @@ def test_resume_continues_exactly_where_the_run_stopped(frames_file, tmp_path, m
     assert main([*args, "--run-name", "cut"]) == 130
     assert f"--resume {tmp_path / 'cut'}" in capsys.readouterr().err
     assert not (tmp_path / "cut" / "metrics.json").exists()  # finished runs only
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut-copy")  # the same interrupted run, for the damage case below
     monkeypatch.setattr(fit.ResumeCheckpoint, "on_epoch_end", real)
     assert main(["--resume", str(tmp_path / "cut")]) == 0
 
@@ -233,7 +235,7 @@ def test_resume_continues_exactly_where_the_run_stopped(frames_file, tmp_path, m
 
     assert main(["--resume", str(tmp_path / "cut")]) == 2  # finished: nothing to resume
     assert "has finished" in capsys.readouterr().err
-    ckpt = tmp_path / "whole" / "checkpoint.npz"
+    ckpt = tmp_path / "cut-copy" / "checkpoint.npz"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
-    assert main(["--resume", str(tmp_path / "whole")]) == 2
+    assert main(["--resume", str(tmp_path / "cut-copy")]) == 2
     assert "checkpoint.npz is damaged" in capsys.readouterr().err

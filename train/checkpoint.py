@@ -25,13 +25,8 @@ class ResumeError(ValueError):
 
 
 def save(path: Path, net: keras.Model, optimizer: keras.optimizers.Optimizer, state: dict) -> None:
-    save_arrays(path, [keras.ops.convert_to_numpy(v) for v in net.variables],
-                [keras.ops.convert_to_numpy(v) for v in optimizer.variables], state)
-
-
-def save_arrays(path: Path, net_values: list[np.ndarray], opt_values: list[np.ndarray], state: dict) -> None:
-    arrays = {f"net_{i:04d}": a for i, a in enumerate(net_values)}
-    arrays |= {f"opt_{i:04d}": a for i, a in enumerate(opt_values)}
+    arrays = {f"net_{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(net.variables)}
+    arrays |= {f"opt_{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer.variables)}
     arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
     write_atomic(path, lambda p: np.savez(p, **arrays))
 

@@ -186,18 +186,21 @@ class ResumeCheckpoint(keras.callbacks.Callback):
                  plateau: keras.callbacks.ReduceLROnPlateau | None) -> None:
         super().__init__()
         self.path, self.optimizer, self.best, self.plateau = path, optimizer, best, plateau
+        self.epochs_done = 0
 
-    def state(self, epochs_done: int) -> dict:
-        s = {"epochs_done": epochs_done, "best": self.best.best, "best_epoch": self.best.best_epoch,
+    def state(self) -> dict:
+        s = {"epochs_done": self.epochs_done, "best": self.best.best, "best_epoch": self.best.best_epoch,
              "best_logs": self.best.best_logs, "stopped": bool(self.model.stop_training)}
         if self.plateau is not None:
             s["plateau"] = {k: float(getattr(self.plateau, k)) for k in PLATEAU_STATE}
         return s
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        checkpoint.save(self.path, self.model, self.optimizer, self.state(epoch + 1))
+        self.epochs_done = epoch + 1
+        checkpoint.save(self.path, self.model, self.optimizer, self.state())
 
     def resume(self, state: dict) -> None:
+        self.epochs_done = state["epochs_done"]
         self.best.best, self.best.best_epoch, self.best.best_logs = state["best"], state["best_epoch"], \
             state["best_logs"]
         for k, v in state.get("plateau", {}).items():
@@ -320,9 +323,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     keras.utils.set_random_seed(cfg.training_seed)
     run_name = cfg.run_name = cfg.run_name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out_dir) / run_name
-    saved = checkpoint.load(run_dir / checkpoint.NAME) if resume else None
-    if saved and saved[2].get("finished"):
+    if resume and (run_dir / "metrics.json").exists():  # written once, when a run finishes
         raise checkpoint.ResumeError(f"run {run_dir} has finished; nothing to resume (start a new run with init_from)")
+    saved = checkpoint.load(run_dir / checkpoint.NAME) if resume else None
     prep = prepare_data(cfg)
     train_ds, val_ds = prep["train"], prep["val"]
     val_x, val_y = D.fixed_tiles(val_ds)
@@ -400,7 +403,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     wall = time.perf_counter() - started
     if not (run_dir / "model.keras").exists():
         raise RuntimeError("training stopped before the first epoch finished; no model was saved")
-    epochs_run = checkpoint.load(run_dir / checkpoint.NAME)[2]["epochs_done"]
+    epochs_run = resumable.epochs_done
 
     best = keras.saving.load_model(run_dir / "model.keras", compile=False)
     before, adjusted = float(ckpt.best_logs.get("val_miou", np.nan)), {}
@@ -425,8 +428,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         "val_tiles": len(val_x), "backend": keras.backend.backend(), **adjusted,
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    net_values, opt_values, state = checkpoint.load(run_dir / checkpoint.NAME)
-    checkpoint.save_arrays(run_dir / checkpoint.NAME, net_values, opt_values, {**state, "finished": True})
     if (run_dir / "history.csv").exists():
         report.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
     log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, metrics["mean_iou"],
