@@ -153,8 +153,7 @@ def bundled(name: str) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> EdgeConfig:
-    p = OneLineParser(prog="marsseg-edge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="marsseg-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", help="same as --source")
     p.add_argument("output_pos", nargs="?", metavar="output", help="same as --output")
     p.add_argument("--config", type=Path, help="TOML file with any of the options below")

@@ -71,13 +71,17 @@ def soak(frames: int, work: Path) -> dict:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []
-    while proc.poll() is None:
+    while True:  # one RSS sample a second until the run exits (waiting on the process, not sleeping past it)
         r = rss_mb(proc.pid)
         if r is not None:
             samples.append((round(time.monotonic() - t0, 1), round(r, 1)))
             if len(samples) % 60 == 0:
                 say(f"  {samples[-1][0]:.0f} s: RSS {r:.1f} MB")
-        time.sleep(1.0)
+        try:
+            proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     err = proc.stderr.read()
     done.set()
     os.close(slave)
