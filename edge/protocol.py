@@ -227,7 +227,7 @@ class HeartbeatMessage:
     model_id: bytes = field(default=b"\x00" * 8)
 
     def payload(self) -> bytes:
-        if not math.isfinite(self.fps) or self.fps < 0:
+        if not self.fps_ok():
             raise ProtocolError(f"heartbeat fps must be a finite number >= 0, got {self.fps}")
         return HEARTBEAT.pack(self.fps, self.frames, self.dropped, self.errors, self.maps_sent, self.maps_skipped,
                               self.uptime_s, self.model_id[:8].ljust(8, b"\x00"))
@@ -237,9 +237,13 @@ class HeartbeatMessage:
         if len(payload) != HEARTBEAT.size:
             raise ValueError(f"heartbeat payload is {len(payload)} bytes, expected {HEARTBEAT.size}")
         msg = cls(header, *HEARTBEAT.unpack(payload))
-        if not math.isfinite(msg.fps) or msg.fps < 0:
+        if not msg.fps_ok():
             raise ValueError(f"heartbeat fps {msg.fps}")
         return msg
+
+    def fps_ok(self) -> bool:
+        """The one rule both ends apply: a receiver's JSON has no NaN, a dashboard no negative rate."""
+        return math.isfinite(self.fps) and self.fps >= 0
 
 
 Message = GridMessage | HeartbeatMessage
