@@ -79,15 +79,16 @@ def test_sensor_noise_is_signal_dependent():
 
 def test_augmentation_off_is_identity_and_on_varies_per_frame():
     frames, _ = synthetic_frames(n=40)
-    assert np.array_equal(D.degrade(frames, np.random.default_rng(0), 0.0), frames)
-    a = D.degrade(frames, np.random.default_rng(3), 1.0)
+    off, touched = D.degrade(frames, np.random.default_rng(0), 0.0)
+    assert np.array_equal(off, frames) and not touched.any()
+    a, touched = D.degrade(frames, np.random.default_rng(3), 1.0)
     assert a.shape == frames.shape and a.dtype == np.uint8
-    assert np.array_equal(a, D.degrade(frames, np.random.default_rng(3), 1.0))  # seeded
+    assert np.array_equal(a, D.degrade(frames, np.random.default_rng(3), 1.0)[0])  # seeded
     changed = (a != frames).reshape(len(frames), -1).mean(1)
-    untouched = (changed == 0).mean()
-    assert 0.05 < untouched < 0.5  # about a quarter pass as they are (hot/dead pixels may miss a frame entirely)
+    assert not changed[~touched].any()  # the untouched ones are reported as such
+    assert 0.05 < (~touched).mean() < 0.5  # about a quarter pass as they are
     assert len(np.unique(np.round(changed[changed > 0], 3))) > 20  # the rest: different cameras, not one
-    stronger = D.degrade(frames, np.random.default_rng(3), 2.0)
+    stronger = D.degrade(frames, np.random.default_rng(3), 2.0)[0]
     assert np.abs(stronger.astype(int) - frames).mean() > np.abs(a.astype(int) - frames).mean()
 
 
@@ -158,3 +159,24 @@ def test_distillation_needs_a_model_to_learn_from():
 
     with pytest.raises(ValueError, match="distill needs init_from"):
         TrainConfig(distill=1.0)
+
+
+def test_camera_labels_leaves_changed_frames_to_the_teacher(frames_file):
+    """camera_labels=0: frames a camera changed lose their labels (background, ignored by the loss); untouched
+    frames keep theirs, so the label loss sees only the training file's camera and the teacher the rest."""
+    from marsseg.train.config import TrainConfig
+    from marsseg.train.fit import TrainTiles
+
+    ds = D.load_dataset(frames_file)
+    kw = {"train_seed": 5, "batch_size": 8, "degrade": 1.0, "init_from": "x.keras", "distill": 1.0}
+    all_labels = TrainTiles(ds, TrainConfig(**kw))
+    clean_only = TrainTiles(ds, TrainConfig(**kw, camera_labels=0.0))
+    for t in (all_labels, clean_only):
+        t._make_epoch()
+    x, y = all_labels.epoch[0], all_labels.epoch[1]
+    x0, y0 = clean_only.epoch[0], clean_only.epoch[1]
+    assert np.array_equal(x, x0)  # the same frames and crops: only the labels differ
+    kept = (y0 > 0).any(axis=(1, 2))
+    assert 0 < kept.mean() < 0.6 and np.array_equal(y0[kept], y[kept])
+    with pytest.raises(ValueError, match="camera_labels"):
+        TrainConfig(camera_labels=0.5)  # no camera, no teacher: nothing would learn from those frames

@@ -45,6 +45,7 @@ class TrainConfig:
     deg_per_pixel: float = 45.0 / 128  # ground scale of the frames (AI4Mars: MSL navcam 45° over 1024 px, ÷ 8)
     degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
     distill: float = 0.0  # >0: weight of matching init_from's clean-frame answers (losses.with_distillation)
+    camera_labels: float = 1.0  # chance a camera-changed frame keeps its labels; the others learn from distill only
     limit_frames: int = 0  # >0: use only this many frames (smoke tests)
     outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
     # optimisation
@@ -73,6 +74,9 @@ class TrainConfig:
             raise ValueError("freeze_bn needs init_from: the model whose batch-norm statistics are kept")
         if self.distill and not self.init_from:
             raise ValueError("distill needs init_from: the model whose clean-frame answers are matched")
+        if not 0 <= self.camera_labels <= 1 or (self.camera_labels < 1 and not (self.degrade and self.distill)):
+            raise ValueError(f"camera_labels must be in [0, 1] and below 1 only with degrade and distill on (the "
+                             f"frames it unlabels learn from the teacher), got {self.camera_labels}")
         if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
             raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
                              f"got {self.warmup_epochs} with {self.schedule!r}")

@@ -238,15 +238,18 @@ def random_tiles(
     return x, y
 
 
-def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> tuple[np.ndarray, np.ndarray]:
     """Each frame through its own random camera (`degrade.random_camera`: blur, motion, noise, resampling, JPEG...).
 
     Applied to whole frames before the tile crop, as a camera degrades the whole picture (a blur or a JPEG block
-    at a tile's edge sees the pixels beyond it). Returns a new array; `frames` is left as it is.
+    at a tile's edge sees the pixels beyond it). Returns a new array (`frames` is left as it is) and which frames
+    a camera changed (the others passed untouched).
     """
     from marsseg.edge.degrade import random_camera
 
-    return np.stack([random_camera(f, rng, strength) for f in frames])
+    views = list(frames)  # random_camera hands an untouched frame back as the same object
+    out = [random_camera(f, rng, strength) for f in views]
+    return np.stack(out), np.array([o is not f for o, f in zip(out, views, strict=True)])
 
 
 def photometric(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

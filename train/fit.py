@@ -47,14 +47,19 @@ class TrainTiles(keras.utils.PyDataset):
 
     def _make_epoch(self) -> None:
         self._served = False
-        self.rng = np.random.default_rng((self.cfg.training_seed, self.next_epoch))
+        epoch_key = (self.cfg.training_seed, self.next_epoch)
+        self.rng = np.random.default_rng(epoch_key)
         self.next_epoch += 1
-        frames = self.ds.frames
+        frames, masks = self.ds.frames, self.ds.masks
         if self.cfg.degrade > 0:
-            frames = D.degrade(frames, self.rng, self.cfg.degrade)
+            frames, touched = D.degrade(frames, self.rng, self.cfg.degrade)
+            if self.cfg.camera_labels < 1:  # these frames learn from the teacher alone (background = no label);
+                draws = np.random.default_rng((*epoch_key, 1)).random(len(frames))  # own stream: same crops
+                unlabelled = touched & (draws >= self.cfg.camera_labels)
+                masks = np.where(unlabelled[:, None, None], 0, masks).astype(masks.dtype)
         if self.teacher is not None:  # the clean frame rides along as a second channel: same crop, same flip
             frames = np.stack([frames, self.ds.frames], axis=-1)
-        x, y = D.random_tiles(D.Dataset(frames, self.ds.masks, self.ds.names), self.rng, self.cfg.tiles_per_frame,
+        x, y = D.random_tiles(D.Dataset(frames, masks, self.ds.names), self.rng, self.cfg.tiles_per_frame,
                               self.cfg.hflip, self.cfg.vflip)
         clean = None
         if self.teacher is not None:
@@ -331,7 +336,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     val_x, val_y = D.fixed_tiles(val_ds)
     camera_x = None
     if cfg.degrade > 0:  # the same frames through random cameras of the training strength, fixed for the run
-        cameras = D.degrade(val_ds.frames, np.random.default_rng(cfg.seed), cfg.degrade)
+        cameras = D.degrade(val_ds.frames, np.random.default_rng(cfg.seed), cfg.degrade)[0]
         camera_x, camera_y = D.fixed_tiles(D.Dataset(cameras, val_ds.masks, val_ds.names))
         assert np.array_equal(camera_y, val_y)
     weights = D.class_weights(train_ds.masks, cfg.background_weight, cfg.rare_cap)
