@@ -6,6 +6,7 @@ JAX_VENV  ?= .venv-jax
 DATA      ?= ../shared/data/ai4mars-frames-128.npz
 RUNS      ?= runs
 CONFIG    ?= train/configs/default.json
+EPOCH_SCALE ?= 1
 MODEL     ?=
 OUT       ?= out
 
@@ -38,15 +39,16 @@ test: setup                     ## the whole suite (what CI runs)
 lint: setup
 	$(BIN)/ruff check .
 
-train: setup                    ## train the default dual U-Net on $(DATA)
-	$(BIN)/marsseg-train --config $(CONFIG) --data $(DATA) --out-dir $(RUNS)
+train: setup                    ## every phase of the recipe ($(CONFIG)) on $(DATA); EPOCH_SCALE=0.1 on a CPU
+	$(BIN)/marsseg-train --config $(CONFIG) --data $(DATA) --out-dir $(RUNS) --epoch-scale $(EPOCH_SCALE)
 
 check-jax:                      ## one short epoch of every committed config on Keras' JAX backend (no TensorFlow)
 	$(PY) -m venv $(JAX_VENV)
 	$(JAX_VENV)/bin/pip install -q -e ".[jax]"
 	for cfg in train/configs/*.json; do \
 	  KERAS_BACKEND=jax $(JAX_VENV)/bin/marsseg-train --config $$cfg --data $(DATA) --out-dir $(OUT)/jax \
-	    --run-name jax-$$(basename $$cfg .json) --limit-frames 64 --epochs 1 --batch-size 8 || exit 1; \
+	    --run-name jax-$$(basename $$cfg .json) --limit-frames 64 --set 'phases=[]' --set optim.epochs=1 \
+	    --batch-size 8 || exit 1; \
 	done
 
 calibration: setup              ## regenerate calibration_data/ from the training frames
@@ -64,6 +66,7 @@ eval: setup                     ## frame-level evaluation of the bundled int8 mo
 bench: setup                    ## benchmarks -> bench/results/<host>-<date>.json
 	$(BIN)/python -m tools.bench --output bench/results
 	$(BIN)/python -m tools.conv_bench --output bench/results
+	$(BIN)/python -m tools.train_bench --output bench/results
 
 soak: setup                     ## 20,000-frame soak (RSS growth) + 10^6-input decoder fuzz -> bench/results
 	$(BIN)/python -m tools.soak --output bench/results

@@ -9,8 +9,6 @@ import numpy as np
 from marsseg.edge.io import sha256_file, write_atomic
 from marsseg.edge.spec import NUM_CLASSES
 from marsseg.train import data as D
-from marsseg.train.config import TrainConfig
-from marsseg.train.fit import prepare_data
 
 BRIGHTNESS_BINS = 5
 
@@ -42,16 +40,15 @@ def select_calibration(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> np.nd
 
 def make_calibration(data: str, out: Path, n: int = 256, seed: int = 42, val_fraction: float = 0.2) -> dict:
     """Write `out` (.npz: tiles uint8 (n,64,128), names, provenance JSON) from the training side of the split."""
-    cfg = TrainConfig(data=data, seed=seed, val_fraction=val_fraction)
-    prep = prepare_data(cfg)
-    x, y = D.fixed_tiles(prep["train"])
+    prep = D.prepare(data, val_fraction, seed)
+    x, y = D.fixed_tiles(prep.train)
     idx = select_calibration(x, y, n, seed)
     counts = np.bincount(y[idx].ravel(), minlength=NUM_CLASSES)
     provenance = {
-        "source": str(Path(prep["path"]).name), "source_sha256": sha256_file(prep["path"]),
+        "source": str(Path(prep.path).name), "source_sha256": sha256_file(prep.path),
         "split": {"seed": seed, "val_fraction": val_fraction, "side": "train"},
         "selection": f"{n} fixed-offset 64x128 tiles stratified by rarest class present x brightness quintile",
-        "command": f"marsseg-export calibrate --data {Path(prep['path']).name} --n {n} --seed {seed}",
+        "command": f"marsseg-export calibrate --data {Path(prep.path).name} --n {n} --seed {seed}",
         "pixel_class_counts": counts.tolist(),
         "tiles_with_class": [int((y[idx] == c).any(axis=(1, 2)).sum()) for c in range(NUM_CLASSES)],
         "brightness_range": [int(x[idx].min()), int(x[idx].max())],

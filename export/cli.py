@@ -22,6 +22,7 @@ from marsseg.edge.io import sha256_file, write_atomic, write_bytes_atomic, write
 from marsseg.edge.metadata import build_metadata, metadata_path
 from marsseg.edge.spec import CLASS_NAMES, TILE_SHAPE
 from marsseg.train.data import DataError
+from marsseg.train.run import RunError
 
 log = logging.getLogger("marsseg.export")
 DEFAULT_CALIBRATION = Path("calibration_data/calibration_tiles.npz")
@@ -75,19 +76,20 @@ def plot_iou(results: list[dict], path: Path) -> None:
 def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, data: str | None) -> dict:
     from marsseg.export import convert as C
     from marsseg.export.calibrate import load_calibration
-    from marsseg.train.config import TrainConfig
-    from marsseg.train.fit import predict_classes, validation_tiles_for_run
+    from marsseg.train.run import RunFolder
+    from marsseg.train.scoring import predict_classes
 
-    run_dir = model_path.parent
+    run = RunFolder(model_path.parent)
+    run_dir = run.path
     model = load_keras(model_path)
     tiles = load_calibration(calibration)
     if tiles.shape[1:] != TILE_SHAPE:
         raise ExportError(f"{calibration}: calibration tiles are {tiles.shape[1:]}, expected {TILE_SHAPE}")
-    val_x, val_y = validation_tiles_for_run(run_dir, data)
+    val_x, val_y = run.validation_tiles(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        m = json.loads((run_dir / "metrics.json").read_text())
+    if run.finished:
+        m = run.metrics()
         train_metrics = {k: m[k] for k in ("mean_iou", "per_class_iou", "pixel_accuracy", "best_epoch",
                                             "parameters", "macs_per_tile") if k in m}
 
@@ -95,7 +97,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
     float_path = out_dir / "model.keras"
     write_atomic(float_path, lambda p: model.save(p))
     float_model = {"file": float_path.name, "sha256": sha256_file(float_path)}
-    deg_per_pixel = TrainConfig.load(run_dir / "config.json").deg_per_pixel
+    deg_per_pixel = run.config().data.deg_per_pixel
 
     timings, paths = {}, {}
     for kind, calib in (("float32", None), ("int8", tiles)):
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_path = a.model or latest_model(a.runs)
         report = export(model_path, a.output or model_path.parent / "export", a.calibration, a.budget, a.data)
-    except (ExportError, DataError, ModelError) as e:
+    except (ExportError, DataError, ModelError, RunError) as e:
         print(f"marsseg-export: error: {e}", file=sys.stderr)
         return 2
     r = {x["name"]: x for x in report["results"]}

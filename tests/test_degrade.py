@@ -94,24 +94,34 @@ def test_augmentation_off_is_identity_and_on_varies_per_frame():
 
 def test_training_tiles_are_degraded_before_the_crop(frames_file):
     """The random camera runs on whole frames inside the training data stream, seeded by train_seed."""
-    from marsseg.train.config import TrainConfig
     from marsseg.train.fit import TrainTiles
 
     ds = D.load_dataset(frames_file)
-    plain = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8))
-    cam = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
-    again = TrainTiles(ds, TrainConfig(train_seed=5, batch_size=8, degrade=1.0))
+    plain = TrainTiles(ds, phase(), (5, 0))
+    cam = TrainTiles(ds, phase(degrade=1.0), (5, 0))
+    again = TrainTiles(ds, phase(degrade=1.0), (5, 0))
     for t in (plain, cam, again):
-        t.on_epoch_end()  # what Keras calls before the first epoch
+        t[0]  # Keras reads the first batches to learn their shapes before the first epoch
     first = cam.epoch
-    cam.on_epoch_end()
-    assert cam.epoch is first  # not read yet: kept (with a teacher, remaking it costs a pass over every tile)
+    cam.on_epoch_begin()
+    assert cam.epoch is first  # the peek came from epoch 0's tiles (with a teacher, remaking costs a full pass)
     assert np.array_equal(cam.epoch[0], again.epoch[0]) and cam.epoch[0].shape == plain.epoch[0].shape
     assert not np.array_equal(cam.epoch[0], plain.epoch[0])
     assert np.array_equal(ds.frames, D.load_dataset(frames_file).frames)  # the dataset itself is not touched
-    cam[0]
     cam.on_epoch_end()
-    assert cam.epoch is not first  # read: the next epoch gets new crops and cameras
+    cam.on_epoch_begin()
+    assert cam.epoch is not first  # the next epoch gets new crops and cameras
+    resumed = TrainTiles(ds, phase(degrade=1.0), (5, 0), first_epoch=1)
+    resumed.on_epoch_begin()
+    assert np.array_equal(resumed.epoch[0], cam.epoch[0])  # epoch 1 is epoch 1, resumed or not
+
+
+def phase(batch_size: int = 8, **data):
+    """A training phase with these data (augmentation) settings; distillation on when a camera unlabels frames."""
+    from marsseg.train.config import DataConfig, OptimConfig, Phase, QuantConfig
+
+    distill = 1.0 if data.get("camera_labels", 1.0) < 1 else 0.0
+    return Phase("test", DataConfig(**data), OptimConfig(batch_size=batch_size, distill=distill), QuantConfig())
 
 
 def band_teacher():
@@ -126,12 +136,10 @@ def band_teacher():
 
 
 def test_distillation_targets_are_the_teachers_answers_on_the_same_clean_crop(frames_file):
-    from marsseg.train.config import TrainConfig
     from marsseg.train.fit import TrainTiles
 
     ds = D.load_dataset(frames_file)
-    tiles = TrainTiles(ds, TrainConfig(train_seed=1, batch_size=8, degrade=1.0, photometric=0.3, distill=1.0,
-                                       init_from="x.keras"), band_teacher())
+    tiles = TrainTiles(ds, phase(degrade=1.0, photometric=0.3), (1, 0), band_teacher())
     x, y = tiles[0]
     assert x.shape == (8, 64, 128, 1) and y.shape == (8, 64, 128, 6)
     labels, soft = y[..., 0], y[..., 1:]
@@ -157,8 +165,10 @@ def test_distillation_loss_adds_the_gap_to_the_teacher():
 def test_distillation_needs_a_model_to_learn_from():
     from marsseg.train.config import TrainConfig
 
-    with pytest.raises(ValueError, match="distill needs init_from"):
-        TrainConfig(distill=1.0)
+    with pytest.raises(ValueError, match="distill need a start model"):
+        TrainConfig(optim={"distill": 1.0})
+    later = {"name": "camera", "optim": {"distill": 1.0, "freeze_bn": True}, "data": {"degrade": 1.0}}
+    assert TrainConfig(phases=({"name": "clean"}, later)).phase_configs()[1].optim.distill == 1.0  # the phase before
 
 
 def test_camera_labels_leaves_changed_frames_to_the_teacher(frames_file):
@@ -168,15 +178,14 @@ def test_camera_labels_leaves_changed_frames_to_the_teacher(frames_file):
     from marsseg.train.fit import TrainTiles
 
     ds = D.load_dataset(frames_file)
-    kw = {"train_seed": 5, "batch_size": 8, "degrade": 1.0, "init_from": "x.keras", "distill": 1.0}
-    all_labels = TrainTiles(ds, TrainConfig(**kw))
-    clean_only = TrainTiles(ds, TrainConfig(**kw, camera_labels=0.0))
+    all_labels = TrainTiles(ds, phase(degrade=1.0), (5, 0))
+    clean_only = TrainTiles(ds, phase(degrade=1.0, camera_labels=0.0), (5, 0))
     for t in (all_labels, clean_only):
-        t._make_epoch()
+        t.on_epoch_begin()
     x, y = all_labels.epoch[0], all_labels.epoch[1]
     x0, y0 = clean_only.epoch[0], clean_only.epoch[1]
     assert np.array_equal(x, x0)  # the same frames and crops: only the labels differ
     kept = (y0 > 0).any(axis=(1, 2))
     assert 0 < kept.mean() < 0.6 and np.array_equal(y0[kept], y[kept])
     with pytest.raises(ValueError, match="camera_labels"):
-        TrainConfig(camera_labels=0.5)  # no camera, no teacher: nothing would learn from those frames
+        TrainConfig(data={"camera_labels": 0.5})  # no camera, no teacher: nothing would learn from those frames

@@ -65,7 +65,7 @@ def test_float_model_rebuilt_from_the_int8_export_computes_the_same_function(tin
 
     out = tiny_run.parent / "export-rebuild"
     assert export_tiny(tiny_run, out) == 0
-    cfg = TrainConfig.load(tiny_run.parent / "config.json")
+    cfg = TrainConfig.load(tiny_run.parent / "config.json").model
     tiles = synthetic_frames(n=48, seed=3)[0][:, 32:96]
     model = rebuild(out / "model_int8.tflite", cfg, tiles[:32], np.zeros(5, np.float32))
     int8 = TileModel(out / "model_int8.tflite").predict(tiles[32:]).copy()

@@ -13,8 +13,9 @@ from marsseg.train.config import TrainConfig
 from tools import make_assets
 
 
-def _leg(root, name: str, init_from: str = "", **overrides) -> TrainConfig:
-    cfg = TrainConfig(data="frames.npz", run_name=name, init_from=init_from, **overrides)
+def _leg(root, name: str, init_from: str = "", data=None, **overrides) -> TrainConfig:
+    data = data if isinstance(data, dict) else dataclasses.asdict(data) if data else {}
+    cfg = TrainConfig(data={**data, "path": "frames.npz"}, run_name=name, init_from=init_from, **overrides)
     run = root / name
     run.mkdir()
     cfg.save(run / "config.json")
@@ -27,15 +28,21 @@ def test_lineage_is_oldest_first_and_commands_rebuild_each_config(tmp_path, monk
     runs = tmp_path / "runs"
     runs.mkdir()
     first = _leg(runs, "a", time_budget_min=80.0)
-    second = _leg(runs, "b", init_from="runs/a/model.keras", learning_rate=2e-4, rare_cap=4.0, ema=0.99,
-                  fine_widths=(16, 32, 64))
+    second = _leg(runs, "b", init_from="runs/a/model.keras", optim={"learning_rate": 2e-4, "rare_cap": 4.0,
+                  "ema": 0.99, "distill": 1.0}, model={"fine_widths": (16, 32, 64)}, data={"degrade": 1.0},
+                  phases=({"name": "only", "quant": {"fake_quant": True}},))
+    recipe = TrainConfig.load(make_assets.DEFAULT_CONFIG)
+    third = _leg(runs, "c", phases=recipe.phases, optim=recipe.optim, data=recipe.data, adjust=recipe.adjust)
     chain = make_assets.lineage(runs / "b")
     assert [run.name for run, _, _ in chain] == ["a", "b"]
-    monkeypatch.chdir(make_assets.ROOT)  # the command names train/configs/default.json relative to the repo
     for (_, cfg, _), want in zip(chain, (first, second), strict=True):
         argv = shlex.split(make_assets.train_command(cfg))[1:]
         got = build_config(parse_args(argv))
-        assert dataclasses.replace(got, data=want.data) == want
+        assert dataclasses.replace(got, data=want.data, time_budget_min=want.time_budget_min) == want
+    assert make_assets.train_command(third) == "marsseg-train --data ai4mars-frames-128.npz --run-name c"
+    assert "Made by the default recipe in one command" in make_assets.recipe_section(make_assets.lineage(runs / "c"),
+                                                                                     None)
+    assert "Not (yet) made by the default recipe" in make_assets.recipe_section(chain, None)
 
 
 def test_lineage_names_a_missing_parent_run(tmp_path, monkeypatch):
@@ -91,37 +98,26 @@ def test_a_leg_started_from_a_tool_made_model_ends_the_lineage_with_its_command(
     assert lines[0].startswith("python -m tools.float_from_int8") and lines[1].startswith("marsseg-train")
 
 
-def test_a_config_from_before_logit_adjustment_is_rebuilt_without_it(monkeypatch):
-    legacy = dataclasses.asdict(TrainConfig(data="frames.npz", run_name="old"))
-    del legacy["logit_adjust"]  # configs saved before the option existed
-    monkeypatch.chdir(make_assets.ROOT)
-    got = build_config(parse_args(shlex.split(make_assets.train_command(legacy))[1:]))
-    assert got.logit_adjust is False
-    del legacy["logit_adjust_scales"]  # trained with the adjustment, before its scale could be chosen
-    legacy["logit_adjust"] = True
-    got = build_config(parse_args(shlex.split(make_assets.train_command(legacy))[1:]))
-    assert got.logit_adjust is True and got.logit_adjust_scales == (1.0,)
-
-
 def test_card_says_how_the_logit_adjustment_was_made(tmp_path):
     a = {"bias": [0.0, 0.6, 1.6, 0.0, -0.4], "train_tiles": 2400, "train_miou_before": 0.7066,
          "train_miou_after": 0.7529, "val_miou_before": 0.6781}
     run = tmp_path / "v8a"
     adjusted = {"mean_iou": 0.7021, "logit_adjustment": a}
-    line, cmd = make_assets.adjustment(run, {"logit_adjust": False, "run_name": "v8a"}, adjusted)
+    unadjusted = {"adjust": {"logit_adjust": False}}
+    line, cmd = make_assets.adjustment(run, TrainConfig(run_name="v8a", **unadjusted), adjusted)
     assert "validation float mean IoU 0.6781 → 0.7021" in line and "[0.0, 0.6, 1.6, 0.0, -0.4]" in line
     assert cmd.strip() == "marsseg-adjust runs/v8a"  # adjusted in place after training
-    _, cmd = make_assets.adjustment(run, {"logit_adjust": False, "run_name": "v8"}, adjusted)
+    _, cmd = make_assets.adjustment(run, TrainConfig(run_name="v8", **unadjusted), adjusted)
     assert cmd.strip() == "marsseg-adjust runs/v8 --output runs/v8a"  # adjusted into a copy
-    assert make_assets.adjustment(run, {"logit_adjust": True}, {"mean_iou": 0.7, "logit_adjustment": a})[1] == ""
-    assert make_assets.adjustment(run, {}, {"mean_iou": 0.7}) == ("", "")
+    assert make_assets.adjustment(run, TrainConfig(), {"mean_iou": 0.7, "logit_adjustment": a})[1] == ""
+    assert make_assets.adjustment(run, TrainConfig(), {"mean_iou": 0.7}) == ("", "")
 
 
 def test_card_reproduces_a_scale_chosen_again_after_training(tmp_path):
     a = {"bias": [0.0, 0.4, 0.6, 0.05, -0.3], "fitted_bias": [0.0, 0.8, 1.2, 0.1, -0.6], "scale": 0.5,
          "scales": [0.0, 0.5, 1.0], "train_tiles": 2400, "train_miou_before": 0.7441, "train_miou_after": 0.7639,
          "val_miou_before": 0.7084, "made_by": "marsseg-adjust"}
-    line, cmd = make_assets.adjustment(tmp_path / "v11b", {"logit_adjust": True, "run_name": "v11"},
+    line, cmd = make_assets.adjustment(tmp_path / "v11b", TrainConfig(run_name="v11"),
                                        {"mean_iou": 0.7136, "logit_adjustment": a})
     assert "0.5 × the fitted [0.0, 0.8, 1.2, 0.1, -0.6]" in line and "scales 0, 0.5, 1" in line
     assert cmd.strip() == "marsseg-adjust runs/v11 --output runs/v11b --scales 0 0.5 1"
@@ -139,10 +135,10 @@ def test_reproduce_puts_an_intermediate_legs_adjustment_between_its_training_and
          "made_by": "marsseg-adjust"}
     (runs / "v12u" / "metrics.json").write_text(json.dumps({"epochs_run": 3, "best_epoch": 2, "mean_iou": 0.71,
                                                             "logit_adjustment": a}))
-    _leg(runs, "v14q", init_from="runs/v12u/model.keras", fake_quant=True)
+    _leg(runs, "v14q", init_from="runs/v12u/model.keras", quant={"fake_quant": True})
     chain = make_assets.lineage(runs / "v14q")
     monkeypatch.chdir(make_assets.ROOT)
     lines = make_assets.reproduce(chain)
     assert [line.split()[0] for line in lines] == ["marsseg-train", "marsseg-adjust", "marsseg-train"]
     assert "--run-name v12 " in lines[0] and lines[1] == "marsseg-adjust runs/v12 --output runs/v12u --scales 0"
-    assert "--set fake_quant=true" in lines[2] and "--set init_from=runs/v12u/model.keras" in lines[2]
+    assert "--set quant.fake_quant=true" in lines[2] and "--set init_from=runs/v12u/model.keras" in lines[2]

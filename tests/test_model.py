@@ -3,14 +3,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from marsseg.train.config import TrainConfig  # noqa: E402
+from marsseg.train.config import ModelConfig  # noqa: E402
 from marsseg.train.losses import make_loss  # noqa: E402
 from marsseg.train.macs import count_macs  # noqa: E402
 from marsseg.train.model import build_model  # noqa: E402
 
 
 def test_default_dual_unet_size_and_compute_budget():
-    m = build_model(TrainConfig())
+    m = build_model(ModelConfig())
     assert m.output_shape == (None, 64, 128, 5)
     assert 0.8e6 < m.count_params() < 1.2e6  # around the seed's ~0.95M parameters
     assert count_macs(m) <= 0.3e9  # the board budget per 64x128 tile
@@ -18,14 +18,14 @@ def test_default_dual_unet_size_and_compute_budget():
 
 
 def test_dual_unet_uses_only_int8_friendly_layers():
-    m = build_model(TrainConfig())
+    m = build_model(ModelConfig())
     kinds = {type(layer).__name__ for layer in m.layers}
     assert not kinds & {"UpSampling2D", "Conv2DTranspose"}
     assert {"Resizing", "Multiply", "Dropout", "Concatenate", "Add"} <= kinds
 
 
 def test_dense_unet_builds():
-    cfg = TrainConfig(arch="dense-unet", dense_widths=(8, 16, 32, 64), dense_bottleneck=64)
+    cfg = ModelConfig(arch="dense-unet", dense_widths=(8, 16, 32, 64), dense_bottleneck=64)
     m = build_model(cfg)
     assert m.output_shape == (None, 64, 128, 5)
     assert any(type(layer).__name__ == "MultiHeadAttention" for layer in m.layers)
@@ -34,7 +34,7 @@ def test_dense_unet_builds():
 
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch"):
-        build_model(TrainConfig(arch="nope"))
+        build_model(ModelConfig(arch="nope"))
 
 
 def test_conv_mac_count_by_hand():

@@ -5,11 +5,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from marsseg.train.config import TrainConfig  # noqa: E402
+from marsseg.train.config import ModelConfig  # noqa: E402
 from marsseg.train.model import build_model  # noqa: E402
 from marsseg.train.prior import adjust, choose_scale, fit_logit_bias, fold_logit_bias  # noqa: E402
 
-TINY = TrainConfig(fine_widths=(4, 8, 8), bottleneck=8, coarse_widths=(8, 8), coarse_bottleneck=8)
+TINY = ModelConfig(fine_widths=(4, 8, 8), bottleneck=8, coarse_widths=(8, 8), coarse_bottleneck=8)
 
 
 def noisy_log_probs(y: np.ndarray, shift: np.ndarray, rng: np.random.Generator) -> np.ndarray:

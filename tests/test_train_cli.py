@@ -1,4 +1,4 @@
-"""Smoke test: one epoch on a few dozen tiles through the real training CLI."""
+"""The training CLI end to end on a few dozen tiles: run folder, phases, adjustment, exact resume; and the config."""
 
 import json
 import shutil
@@ -11,13 +11,12 @@ keras = pytest.importorskip("keras")
 from marsseg.train.cli import main  # noqa: E402
 from marsseg.train.prior import main as adjust_main  # noqa: E402
 
-TINY = ["--set", "fine_widths=[4,8,8]", "--set", "bottleneck=8", "--set", "coarse_widths=[8,8]",
-        "--set", "coarse_bottleneck=8"]
+from tools.make_test_model import TINY, single_phase  # noqa: E402
 
 
 @pytest.mark.slow
 def test_train_cli_writes_run_folder(frames_file, tmp_path):
-    rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
+    rc = main(["--data", str(frames_file), *single_phase(1), "--batch-size", "8", "--out-dir", str(tmp_path),
                "--run-name", "smoke", *TINY])
     assert rc == 0
     run = tmp_path / "smoke"
@@ -30,15 +29,16 @@ def test_train_cli_writes_run_folder(frames_file, tmp_path):
     assert np.array(metrics["confusion_matrix"]).shape == (5, 5)
     assert len(metrics["logit_adjustment"]["bias"]) == 5  # on by default
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["fine_widths"] == [4, 8, 8] and cfg["epochs"] == 1
+    assert cfg["model"]["fine_widths"] == [4, 8, 8] and cfg["optim"]["epochs"] == 1
     split = json.loads((run / "split.json").read_text())
     assert split["train_frames"] + split["val_frames"] == 24 and split["seed"] == 42
 
     # continue from that model (how a CPU run is extended in a later session), as a quantization-aware leg
     # through random cameras with batch norm frozen
-    rc = main(["--data", str(frames_file), "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
-               "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}", "--set", "logit_adjust=false",
-               "--set", "fake_quant=true", "--set", "freeze_bn=true", "--set", "degrade=0.5", *TINY])
+    rc = main(["--data", str(frames_file), *single_phase(1), "--batch-size", "8", "--out-dir", str(tmp_path),
+               "--run-name", "continued", "--set", f"init_from={run / 'model.keras'}",
+               "--set", "adjust.logit_adjust=false", "--set", "quant.fake_quant=true", "--set", "optim.freeze_bn=true",
+               "--set", "data.degrade=0.5", *TINY])
     assert rc == 0
     continued = tmp_path / "continued"
     assert json.loads((continued / "config.json").read_text())["init_from"].endswith("model.keras")
@@ -89,33 +89,41 @@ def test_train_cli_bad_data_exits_2(tmp_path, capsys):
 
 def test_train_cli_unknown_key(frames_file, capsys):
     assert main(["--data", str(frames_file), "--set", "nonsense=1"]) == 2
-    assert "unknown config keys" in capsys.readouterr().err
+    assert "unknown config key 'nonsense'" in capsys.readouterr().err
+    assert main(["--data", str(frames_file), "--set", "learning_rate=1e-4"]) == 2  # a key of the old flat config
+    assert "(it belongs in optim: optim.learning_rate)" in capsys.readouterr().err
+    assert main(["--data", str(frames_file), "--set", "optim.lr=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'optim.lr'" in err and "learning_rate" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_cli_unknown_schedule(frames_file, capsys):
-    assert main(["--data", str(frames_file), "--set", 'schedule="cosine-annealing"']) == 2
-    assert "schedule must be one of" in capsys.readouterr().err
+    assert main(["--data", str(frames_file), "--set", 'optim.schedule="cosine-annealing"']) == 2
+    assert "optim.schedule must be one of" in capsys.readouterr().err
+
+
+def phase_of(**optim):
+    from marsseg.train.config import TrainConfig
+
+    return TrainConfig(optim=optim).phase_configs()[0]
 
 
 def test_cosine_schedule_anneals_once_from_learning_rate_to_min_lr():
-    from marsseg.train.config import TrainConfig
     from marsseg.train.fit import learning_rate_schedule
 
-    cfg = TrainConfig(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=4)
-    lr = learning_rate_schedule(cfg, steps_per_epoch=10)
+    lr = learning_rate_schedule(phase_of(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=4), 10)
     at = [float(lr(step)) for step in (0, 20, 40, 60)]
     assert at[0] == pytest.approx(2e-4)
     assert at[1] == pytest.approx((1e-5 + 2e-4) / 2, rel=1e-4)  # half way down the cosine
     assert at[2] == pytest.approx(1e-5) and at[3] == pytest.approx(1e-5)  # stays at the floor, no restart
-    assert learning_rate_schedule(TrainConfig(learning_rate=3e-4), 10) == 3e-4  # plateau: a constant
+    assert learning_rate_schedule(phase_of(learning_rate=3e-4), 10) == 3e-4  # plateau: a constant
 
 
 def test_cosine_warmup_ramps_up_from_min_lr_then_anneals_within_the_same_epochs():
-    from marsseg.train.config import TrainConfig
     from marsseg.train.fit import learning_rate_schedule
 
-    cfg = TrainConfig(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=5, warmup_epochs=1)
-    lr = learning_rate_schedule(cfg, steps_per_epoch=10)
+    phase = phase_of(schedule="cosine", learning_rate=2e-4, min_lr=1e-5, epochs=5, warmup_epochs=1)
+    lr = learning_rate_schedule(phase, steps_per_epoch=10)
     at = [float(lr(step)) for step in (0, 5, 10, 30, 50)]
     assert at[0] == pytest.approx(1e-5) and at[1] == pytest.approx((1e-5 + 2e-4) / 2, rel=1e-4)
     assert at[2] == pytest.approx(2e-4)  # peak after one epoch
@@ -124,21 +132,43 @@ def test_cosine_warmup_ramps_up_from_min_lr_then_anneals_within_the_same_epochs(
 
 
 @pytest.mark.parametrize("bad", [{"schedule": "plateau"}, {"warmup_epochs": 5}, {"warmup_epochs": -1}])
-def test_warmup_outside_a_cosine_leg_is_refused(bad):
+def test_warmup_outside_a_cosine_phase_is_refused(bad):
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        phase_of(**{"schedule": "cosine", "epochs": 5, "warmup_epochs": 1, **bad})
+
+
+def test_the_recipe_is_phases_each_changing_what_it_names_and_scaled_together():
+    from marsseg.train.cli import DEFAULT_CONFIG, build_config, parse_args
     from marsseg.train.config import TrainConfig
 
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        TrainConfig(**{"schedule": "cosine", "epochs": 5, "warmup_epochs": 1, **bad})
+    recipe = build_config(parse_args([]))  # no --config: the bundled model's recipe
+    assert recipe == TrainConfig.load(DEFAULT_CONFIG) and len(recipe.phases) >= 2
+    phases = recipe.phase_configs()
+    assert phases[-1].quant.fake_quant and phases[-1].optim.freeze_bn and phases[-1].data.degrade > 0
+    assert all(p.data.photometric == recipe.data.photometric for p in phases)  # base settings carry through
+    short = build_config(parse_args(["--epoch-scale", "0.1"])).phase_configs()
+    for full, cut in zip(phases, short, strict=True):
+        assert cut.optim.epochs == max(1, round(full.optim.epochs * 0.1))
+        assert cut.optim.warmup_epochs / cut.optim.epochs == pytest.approx(full.optim.warmup_epochs / full.optim.epochs)
+    two = TrainConfig(phases=({"name": "a", "optim": {"learning_rate": 1e-3}},
+                              {"name": "b", "data": {"degrade": 1.0}, "optim": {"epochs": 3}})).phase_configs()
+    assert (two[1].optim.learning_rate, two[1].optim.epochs, two[0].data.degrade) == (1e-3, 3, 0.0)  # cumulative
+    with pytest.raises(ValueError, match=r"phase 'x' may change data .* not \['model'\]"):
+        TrainConfig(phases=({"name": "x", "model": {"dropout": 0.1}},))
+    with pytest.raises(ValueError, match=r"not \['data.seed'\]"):  # the split is the run's, not a phase's
+        TrainConfig(phases=({"name": "x", "data": {"seed": 3}},))
+    with pytest.raises(ValueError, match="epoch_scale"):
+        TrainConfig(epoch_scale=0)
 
 
-def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
+def test_time_budget_pauses_before_an_epoch_that_would_not_fit(monkeypatch):
     from types import SimpleNamespace
 
-    from marsseg.train import fit
+    from marsseg.train import callbacks
 
     clock = [1000.0]
-    monkeypatch.setattr(fit.time, "monotonic", lambda: clock[0])
-    cb = fit.TimeBudget(minutes=10)  # deadline at 1600 s
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    cb = callbacks.TimeBudget(minutes=10)  # deadline at 1600 s
     model = SimpleNamespace(stop_training=False)
     cb.set_model(model)
     stops = []
@@ -149,12 +179,11 @@ def test_time_budget_stops_before_an_epoch_that_would_not_fit(monkeypatch):
         stops.append(model.stop_training)
         if model.stop_training:
             break
-    assert stops == [False, True]
+    assert stops == [False, True] and cb.fired
 
 
 def test_ema_swap_validates_the_average_and_trains_on_the_raw_weights():
-    import keras
-    from marsseg.train import fit
+    from marsseg.train.callbacks import EmaSwap
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
@@ -171,7 +200,7 @@ def test_ema_swap_validates_the_average_and_trains_on_the_raw_weights():
                 seen["average"] = [keras.ops.convert_to_numpy(v).copy()
                                    for v in self.model.optimizer._model_variables_moving_average]
 
-    swap = fit.EmaSwap()
+    swap = EmaSwap()
     x, y = np.random.default_rng(0).normal(size=(64, 3)), np.random.default_rng(1).normal(size=(64, 2))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0,
               callbacks=[swap, Probe("during"), swap.restorer(), Probe("after")])
@@ -182,56 +211,98 @@ def test_ema_swap_validates_the_average_and_trains_on_the_raw_weights():
 
 
 def test_train_seed_varies_the_augmentation_stream_and_leaves_the_split_alone(frames_file):
+    from marsseg.train import data as D
     from marsseg.train.config import TrainConfig
-    from marsseg.train.fit import TrainTiles, prepare_data
+    from marsseg.train.fit import TrainTiles
 
     def first_batch(**kw) -> np.ndarray:
-        cfg = TrainConfig(data=str(frames_file), photometric=0.2, batch_size=8, **kw)
-        return TrainTiles(prepare_data(cfg)["train"], cfg)[0][0]
+        cfg = TrainConfig(data={"path": str(frames_file), "photometric": 0.2}, optim={"batch_size": 8}, **kw)
+        d = cfg.data
+        return TrainTiles(D.prepare(d.path, d.val_fraction, d.seed).train, cfg.phase_configs()[0],
+                          (cfg.training_seed, 0))[0][0]
 
-    assert TrainConfig(seed=7).training_seed == 7 and TrainConfig(seed=7, train_seed=3).training_seed == 3
-    np.testing.assert_array_equal(first_batch(), first_batch(train_seed=42))  # unset: the split seed, as before
-    assert not np.array_equal(first_batch(), first_batch(train_seed=43))  # a continued leg can draw new crops
-    split = [prepare_data(TrainConfig(data=str(frames_file), train_seed=s))["val"].names.tolist() for s in (1, 2)]
+    assert TrainConfig(data={"seed": 7}).training_seed == 7
+    assert TrainConfig(data={"seed": 7}, train_seed=3).training_seed == 3
+    np.testing.assert_array_equal(first_batch(), first_batch(train_seed=42))  # unset: the split seed
+    assert not np.array_equal(first_batch(), first_batch(train_seed=43))  # a continued run can draw new crops
+    split = [D.prepare(frames_file, 0.2, 42).val.names.tolist() for _ in range(2)]
     assert split[0] == split[1]
 
 
+TWO_PHASES = json.dumps([
+    {"name": "clean", "optim": {"epochs": 1}},
+    {"name": "camera", "data": {"degrade": 0.5, "camera_labels": 0.5}, "quant": {"fake_quant": True},
+     "optim": {"epochs": 2, "distill": 1.0, "freeze_bn": True, "learning_rate": 0.01}},
+])
+
+
 @pytest.mark.slow
-def test_resume_continues_exactly_where_the_run_stopped(frames_file, tmp_path, monkeypatch, capsys):
-    """A run stopped after epoch 1 and resumed ends with the weights of the same run uninterrupted: optimizer
-    moments, weight average, fake-quant ranges, dropout seeds, camera/crop stream and LR position all carry over."""
-    from marsseg.train import fit
+def test_a_run_goes_through_its_phases_and_resumes_exactly_where_it_stopped(frames_file, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Two phases (clean, then camera-distilled fake-quantized with batch norm frozen). The same run cut by the time
+    budget at the phase boundary, and by SIGTERM inside the second phase, ends with the weights of the run
+    uninterrupted: optimizer moments, weight average, fake-quant ranges, dropout seeds, teacher, camera/crop
+    stream, phase and LR position all carry over."""
+    from marsseg.train import callbacks, checkpoint
 
-    args = ["--data", str(frames_file), "--epochs", "2", "--batch-size", "8", "--out-dir", str(tmp_path), *TINY,
-            "--set", "ema=0.9", "--set", "photometric=0.2", "--set", "degrade=0.5", "--set", "fake_quant=true",
-            "--set", "schedule=\"cosine\"", "--set", "learning_rate=0.01", "--set", "logit_adjust=false"]
+    args = ["--data", str(frames_file), "--batch-size", "8", "--out-dir", str(tmp_path), *TINY,
+            "--set", f"phases={TWO_PHASES}", "--set", "optim.ema=0.9", "--set", "data.photometric=0.2",
+            "--set", "optim.schedule=\"cosine\"", "--set", "optim.learning_rate=0.01", "--set", "adjust.scales=[0,1]"]
     assert main([*args, "--run-name", "whole"]) == 0
+    whole = tmp_path / "whole"
+    m = json.loads((whole / "metrics.json").read_text())
+    assert [p["name"] for p in m["phases"]] == ["clean", "camera"] and m["epochs_run"] == 3
+    assert [p["epochs_run"] for p in m["phases"]] == [1, 2] and 0 <= m["val_miou_fake_quant"] <= 1
+    for k, name in enumerate(("clean", "camera")):
+        assert (whole / f"phase{k + 1}-{name}.keras").is_file()
+    rows = (whole / "history.csv").read_text().splitlines()
+    phase_col = rows[0].split(",").index("phase")
+    assert [int(float(r.split(",")[phase_col])) for r in rows[1:]] == [0, 1, 1]
+    start = keras.saving.load_model(whole / "phase1-clean.keras", compile=False)
+    end = keras.saving.load_model(whole / "phase2-camera.keras", compile=False)
+    for a, b in zip(start.layers, end.layers, strict=True):  # the camera phase started from the clean one, its
+        if isinstance(a, keras.layers.BatchNormalization):  # batch norm frozen there
+            for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+                np.testing.assert_array_equal(wa, wb)
 
-    real = fit.ResumeCheckpoint.on_epoch_end
+    real_budget = callbacks.TimeBudget.on_epoch_end
 
-    def stop_after_first(self, epoch, logs=None):  # SIGTERM lands during epoch 2: epoch 1's checkpoint is kept
+    def out_of_time_after_clean(self, epoch, logs=None):
+        real_budget(self, epoch, logs)
+        self.model.stop_training = self.fired = True
+
+    monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", out_of_time_after_clean)
+    assert main([*args, "--run-name", "paused", "--time-budget-min", "600"]) == 3
+    assert "time budget of 600 min reached in phase 'clean'" in capsys.readouterr().err
+    assert (tmp_path / "paused" / "phase1-clean.keras").is_file()  # its last epoch ended the phase
+    assert not (tmp_path / "paused" / "metrics.json").exists()
+    monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", real_budget)
+    assert main(["--resume", str(tmp_path / "paused")]) == 0
+
+    real = callbacks.ResumeCheckpoint.on_epoch_end
+
+    def stop_inside_camera(self, epoch, logs=None):  # SIGTERM lands during the camera phase's second epoch
         real(self, epoch, logs)
-        if epoch == 0:
+        if self.phase == 1 and epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit.ResumeCheckpoint, "on_epoch_end", stop_after_first)
+    monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", stop_inside_camera)
     assert main([*args, "--run-name", "cut"]) == 130
     assert f"--resume {tmp_path / 'cut'}" in capsys.readouterr().err
     assert not (tmp_path / "cut" / "metrics.json").exists()  # finished runs only
     shutil.copytree(tmp_path / "cut", tmp_path / "cut-copy")  # the same interrupted run, for the damage case below
-    monkeypatch.setattr(fit.ResumeCheckpoint, "on_epoch_end", real)
+    monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", real)
     assert main(["--resume", str(tmp_path / "cut")]) == 0
 
-    from marsseg.train import checkpoint
-
-    whole, resumed = (checkpoint.load(tmp_path / r / "checkpoint.npz") for r in ("whole", "cut"))
-    assert whole[2]["epochs_done"] == resumed[2]["epochs_done"] == 2
-    for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):  # the last epoch's full state
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    history = [(tmp_path / r / "history.csv").read_text().splitlines() for r in ("whole", "cut")]
-    assert len(history[0]) == len(history[1]) == 3  # header + two epochs, the resumed run's appended
-    m = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("whole", "cut")]
-    assert m[1]["resumed"] and m[1]["epochs_run"] == 2 and abs(m[0]["mean_iou"] - m[1]["mean_iou"]) < 1e-4
+    final = checkpoint.load(whole / "checkpoint.npz")
+    for run in ("paused", "cut"):
+        resumed = checkpoint.load(tmp_path / run / "checkpoint.npz")
+        assert resumed[2]["phase"] == 1 and resumed[2]["epochs_done"] == 2
+        for a, b in zip(final[0] + final[1], resumed[0] + resumed[1], strict=True):  # the last epoch's full state
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert len((tmp_path / run / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs, appended
+        r = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert r["resumed"] and r["epochs_run"] == 3 and abs(m["mean_iou"] - r["mean_iou"]) < 1e-4
 
     assert main(["--resume", str(tmp_path / "cut")]) == 2  # finished: nothing to resume
     assert "has finished" in capsys.readouterr().err

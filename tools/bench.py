@@ -7,7 +7,7 @@ Measures (each printed as it runs):
 - end to end: the real `marsseg-edge` CLI on 128x128, 640x480 and 1024x1024 frames (fps, latency, stages,
   share of processing time outside invoke), its peak RSS and start-up time, and whether TensorFlow got imported;
 - MACs per tile, achieved GMAC/s, and a float32 matmul peak of this CPU for scale;
-- training throughput of the default model (tiles/s; GPU too when TensorFlow sees one).
+- (training speed: `tools/train_bench.py`).
 """
 
 from __future__ import annotations
@@ -167,32 +167,6 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return n * 1024**3 / (time.perf_counter() - t0) / 1e9
 
 
-def training_bench(steps: int) -> dict:
-    code = textwrap.dedent(f"""
-        import json, time, numpy as np, keras
-        from marsseg.train.config import TrainConfig
-        from marsseg.train.losses import make_loss
-        from marsseg.train.model import build_model
-        from marsseg.train.macs import count_macs
-        cfg = TrainConfig()
-        m = build_model(cfg)
-        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss(cfg.loss, np.array([0, 1, 1, 2, 10], "f")))
-        x = np.random.rand(64, 64, 128, 1).astype("float32"); y = np.random.randint(0, 5, (64, 64, 128))
-        m.train_on_batch(x, y); m.train_on_batch(x, y)
-        t0 = time.perf_counter()
-        for _ in range({steps}): m.train_on_batch(x, y)
-        dt = time.perf_counter() - t0
-        import tensorflow as tf
-        print(json.dumps({{"tiles_per_s": round(64 * {steps} / dt, 1), "batch": 64, "macs_per_tile": count_macs(m),
-                          "gpus": len(tf.config.list_physical_devices("GPU"))}}))
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    say(f"  training: {out['tiles_per_s']} tiles/s (batch 64, {out['gpus']} GPU)")
-    return out
-
-
 def cpu_info() -> tuple[str, list[str]]:
     """CPU model name and the SIMD flags that decide int8 speed (dot-product instructions or not)."""
     name, flags = platform.processor(), set()
@@ -254,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                          "int8_share_of_float_peak": round(best * macs / 1e9 / peak, 3)}
     say(f"  float32 matmul peak {peak:.1f} GMAC/s; int8 model {result['compute']['int8_model_gmac_s']} GMAC/s "
         f"({result['compute']['int8_share_of_float_peak']:.0%} of it)")
-    say("training")
-    result["training"] = training_bench(3 if a.quick else 10)
     return write_result(result, a.output)
 
 

@@ -114,15 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
     from marsseg.train import data as D
     from marsseg.train.config import TrainConfig
-    from marsseg.train.fit import prepare_data
 
     from tools.make_assets import PROVENANCE
 
     cfg = TrainConfig.load(a.config)
-    cfg.data = a.data
-    x, _ = D.fixed_tiles(prepare_data(cfg)["train"])
+    d = cfg.data
+    x, _ = D.fixed_tiles(D.prepare(a.data, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats).train)
     pick = np.sort(np.random.default_rng(0).choice(len(x), size=min(a.tiles, len(x)), replace=False))
-    model = rebuild(a.model, cfg, x[pick], np.asarray(a.offsets or [0.0] * 5, np.float32))
+    model = rebuild(a.model, cfg.model, x[pick], np.asarray(a.offsets or [0.0] * 5, np.float32))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, lambda path: model.save(path))
     meta = json.loads(a.model.with_suffix(".json").read_text()) if a.model.with_suffix(".json").is_file() else {}

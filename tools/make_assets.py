@@ -10,7 +10,9 @@ over the split, big rock included) and `MODEL_CARD.md` (data, split, config, com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -19,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from marsseg.edge.io import write_atomic, write_text_atomic
 from marsseg.train import data as D
+from marsseg.train.config import TrainConfig
+from marsseg.train.run import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "edge" / "assets"
-DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"
-# what a run was trained with when its config predates an option (the key is missing from its config.json)
-LEGACY = {"logit_adjust": False, "logit_adjust_scales": [1.0]}
+DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"  # the recipe
 PROVENANCE = "provenance.json"  # beside a start model made by a tool (tools.float_from_int8), not by training
 
 
@@ -41,7 +43,11 @@ def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
     return ds.subset(pick)
 
 
-def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
+Leg = tuple[Path, TrainConfig, dict]  # (run folder, its config, its metrics)
+RUN_ONLY = ("data.path", "out_dir", "run_name", "time_budget_min")  # not part of a recipe
+
+
+def lineage(run: Path) -> list[Leg]:
     """(run folder, config, metrics) for `run` and every run it continued from (`init_from`), oldest first.
 
     The chain also ends at a start that was not trained but made by a tool (its folder's `provenance.json`, e.g.
@@ -49,33 +55,46 @@ def lineage(run: Path) -> list[tuple[Path, dict, dict]]:
     """
     chain = []
     while True:
-        chain.append((run, json.loads((run / "config.json").read_text()),
-                      json.loads((run / "metrics.json").read_text())))
-        start = chain[-1][1].get("init_from")
+        folder = RunFolder(run)
+        chain.append((run, folder.config(), folder.metrics()))
+        start = chain[-1][1].init_from
         if not start or (Path(start).parent / PROVENANCE).is_file():
             return chain[::-1]
         run = Path(start).parent
-        if not (run / "metrics.json").exists():
+        if not RunFolder(run).finished:
             raise FileNotFoundError(f"{chain[-1][0]} continued from {start}, but {run} is not a finished run folder")
 
 
-def origin(chain: list[tuple[Path, dict, dict]]) -> dict:
+def origin(chain: list[Leg]) -> dict:
     """The `provenance.json` ({command, note}) of the folder the oldest leg started from, if a tool made it."""
-    start = chain[0][1].get("init_from")
+    start = chain[0][1].init_from
     path = Path(start).parent / PROVENANCE if start else None
     return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
-def train_command(cfg: dict) -> str:
-    """The `marsseg-train` line that reproduces a run: the default config plus this run's overrides."""
-    base = json.loads(DEFAULT_CONFIG.read_text())
-    cfg = {**LEGACY, **cfg}  # a config without a key predates the option
-    if not cfg["logit_adjust"]:
-        del cfg["logit_adjust_scales"]
-    sets = [f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in cfg.items()
-            if k not in ("data", "out_dir", "run_name") and base.get(k) != v]
-    return " ".join(["marsseg-train --config train/configs/default.json --data ai4mars-frames-128.npz",
-                     f"--run-name {cfg['run_name']}", *sets])
+def _leaves(d: dict, prefix: str = "") -> dict:
+    """{"optim.learning_rate": 1e-4, ...}: a nested config as dotted keys (phases stay one value)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _leaves(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def recipe_changes(cfg: TrainConfig) -> dict:
+    """The keys where a run's config differs from the default recipe (train/configs/default.json)."""
+    base = _leaves(dataclasses.asdict(TrainConfig.load(DEFAULT_CONFIG)))
+    mine = _leaves(dataclasses.asdict(cfg))
+    return {k: v for k, v in mine.items() if k not in RUN_ONLY and json.dumps(base.get(k)) != json.dumps(v)}
+
+
+def train_command(cfg: TrainConfig) -> str:
+    """The `marsseg-train` line that reproduces a run: the default recipe plus this run's changes to it."""
+    sets = [f"--set {shlex.quote(k + '=' + (v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))))}"
+            for k, v in recipe_changes(cfg).items()]
+    return " ".join(["marsseg-train --data ai4mars-frames-128.npz", f"--run-name {cfg.run_name}", *sets])
 
 
 def frame_level(run: Path) -> str:
@@ -112,7 +131,7 @@ def robustness_table(studies: dict[str, dict]) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
+def adjustment(run: Path, cfg: TrainConfig, metrics: dict) -> tuple[str, str]:
     """(card line, reproduce line) for the run's logit adjustment: made by training, or afterwards by marsseg-adjust."""
     a = metrics.get("logit_adjustment")
     if not a:
@@ -125,22 +144,74 @@ def adjustment(run: Path, cfg: dict, metrics: dict) -> tuple[str, str]:
             f"fitted on {a['train_tiles']} training tiles (their mean IoU {a['train_miou_before']:.4f} → "
             f"{a['train_miou_after']:.4f}); validation float mean IoU {a['val_miou_before']:.4f} → "
             f"{metrics['mean_iou']:.4f}.\n")
-    if a.get("made_by", "training" if cfg.get("logit_adjust") else "marsseg-adjust") == "training":
+    if a.get("made_by", "training" if cfg.adjust.logit_adjust else "marsseg-adjust") == "training":
         return line, ""
-    trained = cfg["run_name"]
+    trained = cfg.run_name
     into = "" if trained == run.name else f" --output runs/{run.name}"
     opts = "" if scales == [1.0] else " --scales " + " ".join(f"{x:g}" for x in scales)
     return line, f"marsseg-adjust runs/{trained}{into}{opts}"
 
 
-def reproduce(chain: list[tuple[Path, dict, dict]]) -> list[str]:
+def reproduce(chain: list[Leg]) -> list[str]:
     """The commands that rebuild a lineage, oldest first: each leg's training line, then its `marsseg-adjust` line
     when it was adjusted after training (e.g. its offsets taken out before a quantization-aware leg)."""
     made = [origin(chain)["command"]] if origin(chain) else []
     return made + [line for leg, c, m in chain for line in (train_command(c), adjustment(leg, c, m)[1]) if line]
 
 
-def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path | None = None) -> str:
+def phase_rows(chain: list[Leg]) -> list[str]:
+    """One table row per phase of every run of the lineage (a run from before phases is one phase)."""
+    rows = []
+    for leg, cfg, m in chain:
+        phases = cfg.phase_configs()
+        records = m.get("phases") or [{"name": phases[0].name, "epochs_run": m["epochs_run"], "seconds":
+                                       m["wall_seconds"], "best_epoch": m["best_epoch"]}]
+        for k, (p, r) in enumerate(zip(phases, records, strict=True)):
+            o, d = p.optim, p.data
+            start = (cfg.init_from or "scratch") if k == 0 else f"phase {phases[k - 1].name}"
+            how = [f"{o.learning_rate:g}" + ("" if o.schedule == "plateau" else f", {o.schedule}"),
+                   *(["fake-quant"] if p.quant.fake_quant else []),
+                   *([f"cameras {d.degrade:g}" + ("" if d.camera_labels == 1 else f" (labels {d.camera_labels:g})")]
+                     if d.degrade else []),
+                   *([f"distill {o.distill:g}"] if o.distill else []), *(["BN frozen"] if o.freeze_bn else [])]
+            score = (f"{r['val_miou']:.4f} (camera {r['val_miou_camera']:.4f})" if "val_miou" in r
+                     else f"{m['mean_iou']:.4f}")
+            rows.append(f"| `{leg.name}`{'' if len(phases) == 1 else ' / ' + p.name} | {start} | {', '.join(how)} | "
+                        f"{o.rare_cap:g} | {o.ema:g} | {r['epochs_run']} (best {r['best_epoch']}) | "
+                        f"{r['seconds'] / 60:.0f} min | {score} |")
+    return rows
+
+
+def recipe_section(chain: list[Leg], short: Path | None) -> str:
+    """Whether the model came from the one command of the default recipe; if not, a shortened run of it."""
+    leg, cfg, _ = chain[-1]
+    recipe = TrainConfig.load(DEFAULT_CONFIG)
+    phases = ", ".join(f"{p.name} ({p.optim.epochs} epochs)" for p in recipe.phase_configs())
+    if len(chain) == 1 and not recipe_changes(cfg):
+        return (f"  Made by the default recipe in one command (`train/configs/default.json`: {phases}):\n"
+                f"  `marsseg-train --data ai4mars-frames-128.npz --run-name {leg.name}`.\n\n")
+    text = (f"  **Not (yet) made by the default recipe's one command** (`marsseg-train`, `train/configs/default.json`: "
+            f"{phases}): it came from the run(s) above, commands under Reproduce.\n")
+    if short is None:
+        return text + "\n"
+    s = RunFolder(short)
+    scfg, sm = s.config(), s.metrics()
+    rows = "\n".join(phase_rows([(short, scfg, sm)]))
+    export = s.export_dir / "export_report.json"
+    int8 = ""
+    if export.is_file():
+        r = {x["name"]: x for x in json.loads(export.read_text())["results"]}
+        int8 = f", int8 {r['tflite_int8']['mean_iou']:.4f} (`marsseg-export --model {short}/model.keras`)"
+    return text + (
+        f"  A proportionally shortened run of the full recipe shows every phase working (`{train_command(scfg)}`, "
+        f"epoch scale {scfg.epoch_scale:g}, {sm['wall_seconds'] / 60:.0f} min on this CPU): validation tiles float "
+        f"{sm['mean_iou']:.4f}{int8}.\n\n"
+        "| run / phase | started from | learning rate, schedule | class-weight cap | weight EMA | epochs | wall "
+        "| val mean IoU |\n|---|---|---|---|---|---|---|---|\n" + rows + "\n\n")
+
+
+def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path | None = None,
+               recipe_run: Path | None = None) -> str:
     r = {x["name"]: x for x in export["results"]}
     names = ("keras_float32", "tflite_float32", "tflite_int8")
     rows = "\n".join(
@@ -148,12 +219,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
         + f" | {r[n].get('argmax_agreement', 1.0):.4f} |" for n in names)
     chain = lineage(run)
     _, cfg, metrics = chain[-1]
-    legs = "\n".join(
-        f"| `{leg.name}` | {c.get('init_from') or 'scratch'} | {c['learning_rate']}"
-        f"{'' if c.get('schedule', 'plateau') == 'plateau' else ', ' + c['schedule']}"
-        f"{', fake-quant' if c.get('fake_quant') else ''} | {c['rare_cap']} | "
-        f"{c.get('ema', 0.0)} | {m['epochs_run']} (best {m['best_epoch']}) | {m['wall_seconds'] / 60:.0f} min | "
-        f"{m['mean_iou']:.4f} |" for leg, c, m in chain)
+    last = cfg.phase_configs()[-1].optim
+    legs = "\n".join(phase_rows(chain))
     commands = "\n".join(f"  {line}" for line in reproduce(chain))
     adjust_line = adjustment(run, cfg, metrics)[0]
     gmac = metrics["macs_per_tile"] / 1e9
@@ -164,7 +231,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
     robustness = robustness_section(run, baseline)
     return f"""# Model card: bundled default marsseg model
 
-- **Model**: dual U-Net (`{cfg['arch']}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
+- **Model**: dual U-Net (`{cfg.model.arch}`), {metrics['parameters']:,} parameters, {gmac:.3f} GMAC
   per 64×128 tile; full-integer int8 TFLite (`model_int8.tflite`, {export['sizes_bytes']['int8']:,} bytes;
   float32 TFLite {export['sizes_bytes']['float32']:,} bytes), SHA-256 `{meta['model_sha256']}`.
 - **Data**: `{Path(split['data']).name}` (sha256 `{split['data_sha256'][:16]}…`): 5,997 AI4Mars MSL navcam frames
@@ -173,14 +240,15 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
 - **Split**: by frame, stratified on big-rock presence, seed {split['seed']}, validation fraction
   {split['val_fraction']}: {split['train_frames']} training / {split['val_frames']} validation frames
   ({metrics['val_tiles']} validation tiles). Validation frame names: `val_names.json`.
-- **Training**: loss `{cfg['loss']}`, background weight {cfg['background_weight']}, batch {cfg['batch_size']},
-  Adam, on {metrics['backend']} / CPU, in {len(chain)} leg(s); a CPU run is cut into time-budgeted legs,
-  each starting from the previous leg's best checkpoint:
+- **Training**: loss `{last.loss}`, background weight {last.background_weight}, batch {last.batch_size},
+  Adam, on {metrics['backend']} / CPU, in {len(chain)} run(s), each phase starting from the previous one's best
+  checkpoint:
 {started}
-| run | started from | learning rate, schedule | class-weight cap | weight EMA | epochs | wall | val mean IoU (float) |
+| run / phase | started from | learning rate, schedule | class-weight cap | weight EMA | epochs | wall | val mean IoU |
 |---|---|---|---|---|---|---|---|
 {legs}
 
+{recipe_section(chain, recipe_run)}
 - **Metrics** of `{run.name}` (validation tiles; mean IoU over classes 1–4, background-truth pixels ignored):
 
 | model | mean IoU | soil | bedrock | sand | big rock | argmax agreement with Keras |
@@ -190,7 +258,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
   int8 − float Keras: {-export['int8_drop_points']:+.2f} mean-IoU points (the export gate allows a drop of at most
   {export['budget_points']}).
 {adjust_line}  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
-{frame_level(run)}{robustness}- **Reproduce** (in order; each leg's `init_from` is the previous leg's
+{frame_level(run)}{robustness}- **Reproduce** (in order; each run's `init_from` is the previous run's
   `runs/<name>/model.keras`):
   ```
 {commands}
@@ -206,7 +274,7 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
 
 Run config of `{run.name}`:
 ```json
-{json.dumps(cfg, indent=1)}
+{cfg.to_json()}
 ```
 """
 
@@ -234,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="frames file (default: the run's)")
     p.add_argument("--clip-frames", type=int, default=24)
     p.add_argument("--baseline", type=Path, help="eval.json (with --corruptions) of the model being replaced")
+    p.add_argument("--recipe-run", type=Path,
+                   help="a shortened run of the default recipe (--epoch-scale), quoted when the model is not one")
     a = p.parse_args(argv)
     exp = a.export_dir or a.run / "export"
-    split = json.loads((a.run / "split.json").read_text())
+    split = RunFolder(a.run).split()
     export = json.loads((exp / "export_report.json").read_text())
     if not export["passed"]:
         print(f"refusing to bundle: the export of {a.run} failed its gate", file=sys.stderr)
@@ -252,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
         f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
         provenance=f"{len(clip)} validation frames of run {a.run.name} from {Path(split['data']).name}"))
-    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta, a.baseline))
+    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta, a.baseline,
+                                                                  a.recipe_run))
     print(f"bundled {a.run} into {ASSETS}")
     return 0
 

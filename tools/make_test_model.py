@@ -19,8 +19,13 @@ import numpy as np
 
 from tests.conftest import synthetic_frames
 
-TINY = ["--set", "fine_widths=[4,8,8]", "--set", "bottleneck=8", "--set", "coarse_widths=[8,8]",
-        "--set", "coarse_bottleneck=8", "--set", "se_ratio=1"]
+TINY = ["--set", "model.fine_widths=[4,8,8]", "--set", "model.bottleneck=8", "--set", "model.coarse_widths=[8,8]",
+        "--set", "model.coarse_bottleneck=8", "--set", "model.se_ratio=1"]
+
+
+def single_phase(epochs: int) -> list[str]:
+    """Flags for one plain phase of `epochs` epochs instead of the default recipe's phases."""
+    return ["--set", "phases=[]", "--set", f"optim.epochs={epochs}"]
 
 
 def train_tiny(work: Path, epochs: int = 4) -> Path:
@@ -30,8 +35,10 @@ def train_tiny(work: Path, epochs: int = 4) -> Path:
     frames, masks = synthetic_frames(n=48)
     data = work / "frames.npz"
     np.savez_compressed(data, frames=frames, masks=masks)
-    if train_main(["--data", str(data), "--epochs", str(epochs), "--batch-size", "8", "--out-dir", str(work),
-                   "--run-name", "tiny", *TINY]) != 0:
+    plain = work / "plain.json"  # the config's defaults, not the recipe (its weight average alone would keep a
+    plain.write_text("{}")  # few dozen steps near the random start)
+    if train_main(["--config", str(plain), "--data", str(data), "--set", f"optim.epochs={epochs}", "--batch-size", "8",
+                   "--out-dir", str(work), "--run-name", "tiny", *TINY]) != 0:
         raise RuntimeError("tiny training failed")
     return work / "tiny" / "model.keras"
 

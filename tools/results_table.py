@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from marsseg.train.run import RunError, RunFolder
+
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
@@ -25,12 +27,11 @@ def _fmt(x: float | None) -> str:
 
 def row(run: Path) -> str:
     """One table row for a run folder; missing stages show as a dash."""
-    m = _load(run / "metrics.json")
-    if m is None:
-        raise FileNotFoundError(f"{run}: no metrics.json (expected a finished training run folder)")
-    export = _load(run / "export" / "export_report.json")
+    folder = RunFolder(run)
+    m = folder.metrics()
+    export = _load(folder.export_dir / "export_report.json")
     int8 = next((r["mean_iou"] for r in export["results"] if r["name"] == "tflite_int8"), None) if export else None
-    ev = _load(run / "eval" / "eval.json")
+    ev = _load(folder.eval_dir / "eval.json")
     frame = {r["overlap"]: r["mean_iou"] for r in ev["results"]} if ev else {}
     per_class = " / ".join(f"{v:.3f}" for v in m["per_class_iou"].values())
     adjusted = " + logit adj." if m.get("logit_adjustment") else ""
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rows = [row(r) for r in args.runs]
-    except (FileNotFoundError, KeyError) as e:
+    except (RunError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join([HEADER, *rows]))

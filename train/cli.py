@@ -1,16 +1,17 @@
-"""`marsseg-train`: train a segmentation model and write a run folder.
+"""`marsseg-train`: train a segmentation model, every phase of its recipe, into one run folder.
 
 Examples:
-  marsseg-train --data ../shared/data/ai4mars-frames-128.npz
-  marsseg-train --config train/configs/default.json --epochs 5
-  marsseg-train --arch dense-unet --loss wce --set dense_widths=[16,32,64,128]
-  marsseg-train --resume runs/default-v19          # continue an interrupted run exactly where it stopped
+  marsseg-train --data ../shared/data/ai4mars-frames-128.npz          # the default recipe (all its phases)
+  marsseg-train --config train/configs/default.json --epoch-scale 0.1  # every phase 10x shorter (a CPU)
+  marsseg-train --set model.arch=dense-unet --set optim.loss=wce --set model.dense_widths=[16,32,64,128]
+  marsseg-train --resume runs/default-v19          # continue an interrupted (or paused) run where it stopped
+
+Exit status: 0 finished, 2 bad input, 3 paused at its time budget (resume it), 130 interrupted (resume it).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import signal
@@ -19,47 +20,62 @@ from pathlib import Path
 
 from marsseg.train.config import TrainConfig
 
-FLAGS = ("data", "out_dir", "run_name", "arch", "loss", "epochs", "batch_size", "learning_rate",
-         "background_weight", "limit_frames", "seed", "schedule")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
+# the flags (each a config key; any other key is reachable with --set)
+FLAGS = {"data": ("data.path", str), "out_dir": ("out_dir", str), "run_name": ("run_name", str),
+         "epoch_scale": ("epoch_scale", float), "time_budget_min": ("time_budget_min", float),
+         "batch_size": ("optim.batch_size", int), "limit_frames": ("data.limit_frames", int)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="marsseg-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, help="JSON config (keys of TrainConfig); flags override it")
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    for name in FLAGS:
-        conv = {"int": int, "float": float}.get(str(types[name]), str)
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None)
+    p.add_argument("--config", type=Path, help=f"JSON config; flags override it (default: the recipe of the bundled "
+                                               f"model, {DEFAULT_CONFIG.name})")
+    for name, (key, conv) in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None, help=f"sets {key}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="override any config key, value as JSON (e.g. fine_widths=[16,32,64])")
+                   help="override any config key, value as JSON (e.g. optim.learning_rate=1e-4, "
+                        "model.fine_widths=[16,32,64])")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue this run from its last epoch (its own config.json; only --data may be given)")
     return p.parse_args(argv)
 
 
+def set_key(values: dict, key: str, value) -> None:
+    """values[a][b] = value for key "a.b"."""
+    *path, last = key.split(".")
+    for part in path:
+        values = values.setdefault(part, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"--set {key}: {part} is not a section")
+    values[last] = value
+
+
 def build_config(args: argparse.Namespace) -> TrainConfig:
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     if args.resume:
-        others = [k for k in FLAGS if k != "data" and getattr(args, k) is not None] + (["set"] if args.set else [])
+        others = [f"--{k.replace('_', '-')}" for k in given if k != "data"] + (["--set"] if args.set else [])
         if args.config or others:
             raise ValueError(f"--resume continues the run with its own config.json; drop {others or ['--config']}")
-        if not (args.resume / "config.json").is_file():
-            raise ValueError(f"{args.resume} is not a run folder (no config.json)")
-        cfg = TrainConfig.load(args.resume / "config.json")
+        from marsseg.train.run import RunFolder
+
+        cfg = RunFolder(args.resume).config()
         cfg.out_dir, cfg.run_name = str(args.resume.parent), args.resume.name
         if args.data:
-            cfg.data = args.data
+            cfg.data.path = args.data
         return cfg
-    values = json.loads(args.config.read_text()) if args.config else {}
-    values.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
+    values = json.loads((args.config or DEFAULT_CONFIG).read_text())
+    for name, v in given.items():
+        set_key(values, FLAGS[name][0], v)
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            values[key] = json.loads(raw)
+            set_key(values, key, json.loads(raw))
         except json.JSONDecodeError:
-            values[key] = raw
+            set_key(values, key, raw)
     return TrainConfig.from_dict(values)
 
 
@@ -77,17 +93,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(args)
-        from marsseg.train.fit import train
+        from marsseg.train.fit import Paused, train
 
-        run_dir = train(cfg, resume=args.resume is not None)
+        run = train(cfg, resume=args.resume is not None)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"marsseg-train: error: {e}", file=sys.stderr)
         return 2
+    except Paused as e:
+        print(f"marsseg-train: {e}; continue with: marsseg-train --resume {Path(cfg.out_dir) / cfg.run_name}",
+              file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"marsseg-train: interrupted; continue with: marsseg-train --resume {Path(cfg.out_dir) / cfg.run_name}",
               file=sys.stderr)
         return 130
-    print(run_dir)
+    print(run.path)
     return 0
 
 

@@ -1,4 +1,11 @@
-"""The typed training configuration, saved beside every trained model (config.json)."""
+"""The typed training configuration, nested by concern and saved beside every trained model (config.json).
+
+A config is the recipe of a whole run: the model, the data (split and augmentation), the optimisation, the
+quantization and the adjustment after training, and optionally `phases`. Each phase is a named set of changes to
+the `data` (augmentation only), `optim` and `quant` sections, applied on top of the phase before it; one
+`marsseg-train` runs every phase into one run folder, each starting from the best weights of the one before (the
+first from `init_from`, or from scratch). `epoch_scale` shortens (or lengthens) every phase proportionally.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-SCHEDULES = ("plateau", "cosine", "cosine_restarts")
+SCHEDULES = ("plateau", "cosine")
+LOSSES = ("wce", "wce_dice", "dice_focal")
 
 
 @dataclass
-class TrainConfig:
-    data: str = ""  # frames file (frames/masks) or course file (training_set); default from MARSSEG_DATA
-    out_dir: str = "runs"
-    run_name: str = ""  # default: <arch>-<timestamp>
-    # model
+class ModelConfig:
     arch: str = "dual-unet"  # dual-unet | dense-unet
     fine_widths: tuple[int, ...] = (12, 24, 48)  # detail branch, from full resolution down
     bottleneck: int = 96  # detail branch bottleneck (1/8 scale)
@@ -26,66 +31,116 @@ class TrainConfig:
     dropout: float = 0.3
     bn_momentum: float = 0.9  # low momentum: moving stats catch up within the first epoch
     se_ratio: int = 8
-    # loss and class balance
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # frames file (frames/masks) or course file (training_set); default from MARSSEG_DATA
+    val_fraction: float = 0.2
+    seed: int = 42  # the train/validation split; and all training randomness unless train_seed is set
+    limit_frames: int = 0  # >0: use only this many frames (smoke tests)
+    outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
+    deg_per_pixel: float = 45.0 / 128  # ground scale of the frames (AI4Mars: MSL navcam 45° over 1024 px, ÷ 8)
+    # augmentation (the keys a phase may change)
+    tiles_per_frame: int = 1  # random vertical crops per frame per epoch
+    hflip: bool = True
+    vflip: bool = False
+    photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (data.photometric)
+    degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
+    camera_labels: float = 1.0  # chance a camera-changed frame keeps its labels; the others learn from distill only
+
+
+AUGMENT_KEYS = ("tiles_per_frame", "hflip", "vflip", "photometric", "degrade", "camera_labels")
+
+
+@dataclass
+class OptimConfig:
     loss: str = "wce_dice"  # wce | wce_dice | dice_focal
     background_weight: float = 0.0  # 0 excludes background-truth pixels from the loss
     rare_cap: float = 10.0  # cap on any class weight (big rock would be ~150 uncapped)
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
-    logit_adjust: bool = True  # after training, fold per-class logit offsets chosen on training tiles (prior.py)
-    logit_adjust_scales: tuple[float, ...] = (1.0,)  # multiples of those offsets scored on validation, best kept
-    # data
-    val_fraction: float = 0.2
-    seed: int = 42  # the train/validation split; and all training randomness unless train_seed is set
-    train_seed: int | None = None  # crops, flips, exposure, camera, dropout, init: give each continued leg its own
-    tiles_per_frame: int = 1  # random vertical crops per frame per epoch
-    hflip: bool = True
-    vflip: bool = False
-    photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (see data.photometric)
-    deg_per_pixel: float = 45.0 / 128  # ground scale of the frames (AI4Mars: MSL navcam 45° over 1024 px, ÷ 8)
-    degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
-    distill: float = 0.0  # >0: weight of matching init_from's clean-frame answers (losses.with_distillation)
-    camera_labels: float = 1.0  # chance a camera-changed frame keeps its labels; the others learn from distill only
-    limit_frames: int = 0  # >0: use only this many frames (smoke tests)
-    outlier_min_repeats: int = 10  # identical masks on >= this many different images = outlier pattern
-    # optimisation
+    distill: float = 0.0  # >0: weight of matching the phase's start model on clean frames (losses.with_distillation)
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
-    schedule: str = "plateau"  # plateau | cosine (one anneal over `epochs`) | cosine_restarts
-    warmup_epochs: float = 0.0  # cosine only: ramp from min_lr up to learning_rate first (continued legs)
-    ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
-    fake_quant: bool = False  # train through int8 rounding of activations (quant.py): a last leg before export
-    freeze_bn: bool = False  # batch norm keeps init_from's statistics (inference mode): degraded-camera fine-tuning
-    init_from: str = ""  # a .keras model of the same architecture to start from (continue a CPU run)
-    time_budget_min: float = 0.0  # >0: stop at the last epoch that fits this wall time (CPU runs)
-    patience: int = 12
-    lr_patience: int = 4
+    schedule: str = "plateau"  # plateau (halve on a plateau) | cosine (one anneal over `epochs`)
+    warmup_epochs: float = 0.0  # cosine only: ramp from min_lr up to learning_rate first
     min_lr: float = 1e-5
+    ema: float = 0.0  # >0: validate, checkpoint and ship an exponential moving average of the weights
+    patience: int = 12  # early stop after this many epochs without a better val_score
+    lr_patience: int = 4  # plateau only
+    freeze_bn: bool = False  # batch norm keeps the phase's start statistics (inference mode): camera fine-tuning
+
+
+@dataclass
+class QuantConfig:
+    fake_quant: bool = False  # train through int8 rounding of activations (quant.py): a last phase before export
+
+
+@dataclass
+class AdjustConfig:
+    logit_adjust: bool = True  # after training, fold per-class logit offsets chosen on training tiles (prior.py)
+    scales: tuple[float, ...] = (1.0,)  # multiples of those offsets scored on validation, best kept
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs"
+    run_name: str = ""  # default: <arch>-<timestamp>
+    init_from: str = ""  # a .keras model of the same architecture to start from
+    train_seed: int | None = None  # crops, flips, cameras, dropout, init; unset: data.seed
+    epoch_scale: float = 1.0  # multiplies every phase's epochs (and warm-up): e.g. 0.1 for a CPU
+    time_budget_min: float = 0.0  # >0: pause (resumable) at the last epoch that fits this wall time
     predictions_to_plot: int = 8
-    extra: dict = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    adjust: AdjustConfig = field(default_factory=AdjustConfig)
+    phases: tuple[dict, ...] = ()  # [{"name": ..., "data": {...}, "optim": {...}, "quant": {...}}, ...]
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not self.logit_adjust_scales:
-            raise ValueError("logit_adjust_scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
-        if self.freeze_bn and not self.init_from:
-            raise ValueError("freeze_bn needs init_from: the model whose batch-norm statistics are kept")
-        if self.distill and not self.init_from:
-            raise ValueError("distill needs init_from: the model whose clean-frame answers are matched")
-        if not 0 <= self.camera_labels <= 1 or (self.camera_labels < 1 and not (self.degrade and self.distill)):
-            raise ValueError(f"camera_labels must be in [0, 1] and below 1 only with degrade and distill on (the "
-                             f"frames it unlabels learn from the teacher), got {self.camera_labels}")
-        if self.warmup_epochs and not (self.schedule == "cosine" and 0 < self.warmup_epochs < self.epochs):
-            raise ValueError(f"warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs ({self.epochs}), "
-                             f"got {self.warmup_epochs} with {self.schedule!r}")
+        for section, cls in SECTIONS.items():  # keyword construction may pass a section as a dict
+            if isinstance(getattr(self, section), dict):
+                setattr(self, section, _build(cls, getattr(self, section), section))
+        self.phases = tuple(self.phases)
+        if self.epoch_scale <= 0:
+            raise ValueError(f"epoch_scale must be > 0, got {self.epoch_scale}")
+        if not self.adjust.scales:
+            raise ValueError("adjust.scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
+        self.phase_configs()  # every phase is checked now, not when the run reaches it
 
     @property
     def training_seed(self) -> int:
         """Seed of the training randomness. With the split seed alone, every leg continued from a checkpoint
         replays the previous leg's crop/flip/exposure sequence (default-v14q and v15q: near-identical curves)."""
-        return self.seed if self.train_seed is None else self.train_seed
+        return self.data.seed if self.train_seed is None else self.train_seed
+
+    def phase_configs(self) -> list[Phase]:
+        """Every phase in order, each with its own data (augmentation), optim and quant sections, epochs scaled by
+        `epoch_scale`. Without `phases` the config is its own single phase, "main". A phase that distills or
+        freezes batch norm needs a start model: `init_from` for the first, the phase before for the others.
+        """
+        values = {s: dataclasses.asdict(getattr(self, s)) for s in PHASE_SECTIONS}
+        out = []
+        for k, phase in enumerate(self.phases or ({"name": "main"},)):
+            if not isinstance(phase, dict):
+                raise ValueError(f'each phase must be an object like {{"name": ..., "optim": {{...}}}}, got {phase!r}')
+            name = str(phase.get("name") or f"phase{k + 1}")
+            unknown = sorted(set(phase) - {"name", *PHASE_SECTIONS})
+            bad_data = sorted(set(phase.get("data", {})) - set(AUGMENT_KEYS))
+            if unknown or bad_data:
+                raise ValueError(f"phase {name!r} may change data ({', '.join(AUGMENT_KEYS)}), optim and quant; "
+                                 f"not {[*unknown, *('data.' + key for key in bad_data)]}")
+            for s in PHASE_SECTIONS:
+                values[s] = {**values[s], **phase.get(s, {})}
+            out.append(Phase(name, *(_build(SECTIONS[s], values[s], s) for s in PHASE_SECTIONS)).scaled(
+                self.epoch_scale))
+            if (out[-1].optim.freeze_bn or out[-1].optim.distill) and k == 0 and not self.init_from:
+                raise ValueError(f"phase {name!r}: optim.freeze_bn and optim.distill need a start model "
+                                 "(init_from, or an earlier phase)")
+        return out
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -97,13 +152,71 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
+        return _build(cls, d, "")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "quant": QuantConfig,
+            "adjust": AdjustConfig}
+
+
+PHASE_SECTIONS = ("data", "optim", "quant")
+
+
+@dataclass
+class Phase:
+    """One phase of a run: what it trains with. Checked when made (a bad value names the phase and the key)."""
+
+    name: str
+    data: DataConfig
+    optim: OptimConfig
+    quant: QuantConfig
+
+    def __post_init__(self) -> None:
+        o, d, where = self.optim, self.data, f"phase {self.name!r}: "
+        if o.schedule not in SCHEDULES:
+            raise ValueError(f"{where}optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
+        if o.loss not in LOSSES:
+            raise ValueError(f"{where}optim.loss must be one of {list(LOSSES)}, got {o.loss!r}")
+        if o.epochs < 1:
+            raise ValueError(f"{where}optim.epochs must be >= 1, got {o.epochs}")
+        if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
+            raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
+                             f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
+        if not 0 <= d.camera_labels <= 1 or (d.camera_labels < 1 and not (d.degrade and o.distill)):
+            raise ValueError(f"{where}data.camera_labels must be in [0, 1] and below 1 only with data.degrade and "
+                             f"optim.distill on (the frames it unlabels learn from the teacher), got {d.camera_labels}")
+
+    def scaled(self, scale: float) -> Phase:
+        """The same phase with its epochs (and warm-up) multiplied by `scale`, at least one epoch."""
+        if scale == 1.0:
+            return self
+        epochs = max(1, round(self.optim.epochs * scale))
+        optim = dataclasses.replace(self.optim, epochs=epochs,
+                                    warmup_epochs=self.optim.warmup_epochs * epochs / self.optim.epochs)
+        return dataclasses.replace(self, optim=optim)
+
+
+def _build(cls: type, values: dict, path: str) -> Any:
+    """A dataclass from a (nested) dict; an unknown key is a one-line error naming it and where it belongs."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {path or 'top level'} must be an object, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        key = unknown[0]
+        home = [s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+        hint = f" (it belongs in {home[0]}: {home[0]}.{key})" if home and not path else ""
+        raise ValueError(f"unknown config key {(path + '.' if path else '') + key!r}{hint}; valid keys"
+                         f"{' in ' + path if path else ''}: {sorted(fields)}")
+    kwargs = {}
+    for k, v in values.items():
+        if path == "" and k in SECTIONS:
+            v = _build(SECTIONS[k], v, k)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)

@@ -190,6 +190,33 @@ def split_by_frame(ds: Dataset, val_fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+@dataclass
+class Prepared:
+    """The frames a run trains and validates on, and where they came from."""
+
+    path: Path
+    cleaning: CleaningReport
+    train: Dataset
+    val: Dataset
+
+
+def prepare(path: str | os.PathLike | None, val_fraction: float, seed: int, limit_frames: int = 0,
+            outlier_min_repeats: int = 10) -> Prepared:
+    """Load, clean and split by frame (a run's `data` section): what training, export and adjustment share."""
+    path = resolve_data_path(path)
+    ds = load_dataset(path)
+    if limit_frames:
+        ds = ds.subset(np.arange(min(limit_frames, len(ds))))
+    ds, cleaning = clean(ds, outlier_min_repeats)
+    train_idx, val_idx = split_by_frame(ds, val_fraction, seed)
+    return Prepared(path, cleaning, ds.subset(train_idx), ds.subset(val_idx))
+
+
+def camera_validation(val: Dataset, seed: int) -> np.ndarray:
+    """The validation tiles through fixed random cameras (strength 1, seeded): robustness scored every epoch."""
+    return fixed_tiles(Dataset(degrade(val.frames, np.random.default_rng(seed), 1.0)[0], val.masks, val.names))[0]
+
+
 def fixed_tiles(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Validation tiles: evenly spaced vertical crops covering each frame; tiles with no label dropped."""
     from marsseg.edge.tiling import axis_starts

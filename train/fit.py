@@ -1,269 +1,97 @@
-"""The training loop: data -> cleaning -> split -> tiles -> model -> run folder."""
+"""The training loop: data -> cleaning -> split -> every phase of the recipe -> adjustment -> run folder."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import csv
 import logging
 import math
+import shutil
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
-from marsseg.edge.metrics import confusion_matrix, scores
-from marsseg.edge.spec import CLASS_NAMES, preprocess
+from marsseg.edge.io import sha256_file, write_atomic
+from marsseg.edge.spec import preprocess
 from marsseg.train import checkpoint, prior, quant
 from marsseg.train import data as D
-from marsseg.train.config import TrainConfig
+from marsseg.train.callbacks import BestCheckpoint, EmaSwap, ResumeCheckpoint, TimeBudget, ValidationIoU
+from marsseg.train.config import Phase, TrainConfig
 from marsseg.train.losses import make_loss, with_distillation
 from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
+from marsseg.train.run import RunFolder
+from marsseg.train.scoring import evaluate_run, mean_iou, predict_classes
 
 log = logging.getLogger(__name__)
+
+
+class Paused(Exception):
+    """The time budget ran out between two epochs; the run is resumable from its checkpoint."""
 
 
 class TrainTiles(keras.utils.PyDataset):
     """Fresh random crops, flips (and camera and exposure changes) every epoch, batched as (float input, int labels).
 
-    With a `teacher` the targets are (labels, the teacher's probabilities on the same crop of the clean frame),
-    packed as (B, H, W, 1 + C) for `losses.with_distillation`.
+    Epoch k of phase p draws from its own generator (seed, p, k), so a resumed run replays it exactly. With a
+    `teacher` the targets are (labels, the teacher's probabilities on the same crop of the clean frame), packed as
+    (B, H, W, 1 + C) for `losses.with_distillation`.
     """
 
-    def __init__(self, ds: D.Dataset, cfg: TrainConfig, teacher: keras.Model | None = None,
+    def __init__(self, ds: D.Dataset, phase: Phase, seed: tuple[int, ...], teacher: keras.Model | None = None,
                  first_epoch: int = 0) -> None:
         super().__init__()
-        self.ds, self.cfg, self.teacher = ds, cfg, teacher
-        self.next_epoch = first_epoch  # epoch k draws from its own generator (seed, k): a resumed run replays it
+        self.ds, self.phase, self.seed, self.teacher = ds, phase, seed, teacher
+        self.first_epoch, self.begun = first_epoch, 0
         self.epoch: tuple | None = None
-        self._served = False
+        self.made_for = -1
 
-    def on_epoch_end(self) -> None:
-        """New crops for the next epoch. Keras also calls this once before the first epoch: an epoch nobody has
-        read yet is kept (with a teacher, making one costs a pass over every training tile)."""
-        if self.epoch is None or self._served:
-            self._make_epoch()
+    def on_epoch_begin(self) -> None:
+        """Keras calls this as every epoch starts. Each epoch's tiles are made once: the first batches Keras reads
+        before the first epoch (to learn their shapes) come from the same ones (with a teacher, making an epoch
+        costs a pass over every training tile)."""
+        self._make(self.first_epoch + self.begun)
+        self.begun += 1
 
-    def _make_epoch(self) -> None:
-        self._served = False
-        epoch_key = (self.cfg.training_seed, self.next_epoch)
-        self.rng = np.random.default_rng(epoch_key)
-        self.next_epoch += 1
+    def _make(self, k: int) -> None:
+        if self.made_for == k:
+            return
+        d, key = self.phase.data, (*self.seed, k)
+        rng = np.random.default_rng(key)
         frames, masks = self.ds.frames, self.ds.masks
-        if self.cfg.degrade > 0:
-            frames, touched = D.degrade(frames, self.rng, self.cfg.degrade)
-            if self.cfg.camera_labels < 1:  # these frames learn from the teacher alone (background = no label);
-                draws = np.random.default_rng((*epoch_key, 1)).random(len(frames))  # own stream: same crops
-                unlabelled = touched & (draws >= self.cfg.camera_labels)
+        if d.degrade > 0:
+            frames, touched = D.degrade(frames, rng, d.degrade)
+            if d.camera_labels < 1:  # these frames learn from the teacher alone (background = no label);
+                draws = np.random.default_rng((*key, 1)).random(len(frames))  # own stream: the same crops
+                unlabelled = touched & (draws >= d.camera_labels)
                 masks = np.where(unlabelled[:, None, None], 0, masks).astype(masks.dtype)
         if self.teacher is not None:  # the clean frame rides along as a second channel: same crop, same flip
             frames = np.stack([frames, self.ds.frames], axis=-1)
-        x, y = D.random_tiles(D.Dataset(frames, masks, self.ds.names), self.rng, self.cfg.tiles_per_frame,
-                              self.cfg.hflip, self.cfg.vflip)
+        x, y = D.random_tiles(D.Dataset(frames, masks, self.ds.names), rng, d.tiles_per_frame, d.hflip, d.vflip)
         clean = None
         if self.teacher is not None:
             x, clean = x[..., 0], x[..., 1]
-        if self.cfg.photometric > 0:
-            x = D.photometric(x, self.rng, self.cfg.photometric)
-        order = self.rng.permutation(len(x))
+        if d.photometric > 0:
+            x = D.photometric(x, rng, d.photometric)
+        order = rng.permutation(len(x))
         soft = None
         if self.teacher is not None:
             log.info("teacher: answering %d clean tiles", len(x))
-            soft = predict_classes(self.teacher, clean[order], self.cfg.batch_size)[1].astype(np.float16)
-        self.epoch = (x[order], y[order], soft)  # one assignment: a prefetching reader never mixes two epochs
+            soft = predict_classes(self.teacher, clean[order], self.phase.optim.batch_size)[1].astype(np.float16)
+        self.epoch, self.made_for = (x[order], y[order], soft), k  # one assignment: a reader never mixes epochs
 
     def __len__(self) -> int:
-        if self.epoch is None:
-            self._make_epoch()
-        return math.ceil(len(self.epoch[0]) / self.cfg.batch_size)
+        return math.ceil(len(self.ds) * self.phase.data.tiles_per_frame / self.phase.optim.batch_size)
 
     def __getitem__(self, i: int):
         if self.epoch is None:
-            self._make_epoch()
-        self._served = True
+            self._make(self.first_epoch)
         x, y, soft = self.epoch
-        s = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
+        b = self.phase.optim.batch_size
+        s = slice(i * b, (i + 1) * b)
         if soft is None:
             return preprocess(x[s]), y[s].astype(np.int32)
         return preprocess(x[s]), np.concatenate([y[s, ..., None], soft[s]], axis=-1, dtype=np.float32)
-
-
-def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax classes and the probabilities for uint8 tiles (N, H, W)."""
-    probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)
-    return probs.argmax(-1).astype(np.uint8), probs
-
-
-class ValidationIoU(keras.callbacks.Callback):
-    """Exact validation mean IoU (background ignored) via the shared metrics module, into the epoch logs.
-
-    Must come first among the callbacks (after EmaSwap) so checkpointing, LR schedule and early stopping can monitor it.
-    With `fake_quant` it scores the fake-quantized model, a stand-in for the int8 export the leg is tuning for.
-    With `camera_x` (the validation tiles through fixed random cameras) it also logs `val_miou_camera`, and
-    `val_score`, the mean of the two, which is then what checkpointing and early stopping follow: chosen on clean
-    tiles alone, a camera-augmented leg kept its least robust epoch (default-v19 first try: its first).
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, loss_fn, batch_size: int,
-                 camera_x: np.ndarray | None = None) -> None:
-        super().__init__()
-        self.x, self.y, self.loss_fn, self.batch_size, self.camera_x = x, y, loss_fn, batch_size, camera_x
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs if logs is not None else {}
-        if self.camera_x is not None:
-            camera = scores(confusion_matrix(self.y, predict_classes(self.model, self.camera_x, self.batch_size)[0]))
-            logs["val_miou_camera"] = camera.mean_iou
-        pred, probs = predict_classes(self.model, self.x, self.batch_size)
-        s = scores(confusion_matrix(self.y, pred))
-        losses = [
-            float(keras.ops.convert_to_numpy(self.loss_fn(self.y[i : i + 256], probs[i : i + 256])))
-            for i in range(0, len(self.y), 256)
-        ]
-        logs["val_loss"] = float(np.mean(losses))
-        logs["val_miou"] = s.mean_iou
-        logs["val_score"] = (s.mean_iou + logs["val_miou_camera"]) / 2 if self.camera_x is not None else s.mean_iou
-        logs["val_acc"] = s.pixel_accuracy
-        for name, v in s.per_class_iou.items():
-            logs[f"val_iou_{name}"] = v
-        log.info("epoch %d: loss %.4f val_loss %.4f val_miou %.4f camera %.4f | %s", epoch + 1,
-                 logs.get("loss", float("nan")), logs["val_loss"], s.mean_iou, logs.get("val_miou_camera", np.nan),
-                 " ".join(f"{k} {v:.3f}" for k, v in s.per_class_iou.items()))
-
-
-class EmaSwap(keras.callbacks.Callback):
-    """Validate and checkpoint the optimizer's weight average (`Adam(use_ema=True)`), keep training raw weights.
-
-    Val mIoU of the raw weights swings by several points between epochs even at a low learning rate; the
-    average over the last few hundred steps is steadier and usually better. Put this callback first (it
-    swaps the average in at epoch end) and `self.restorer()` last (it puts the raw weights back).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw: list[np.ndarray] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        variables = self.model.trainable_variables
-        self.raw = [keras.ops.convert_to_numpy(v) for v in variables]
-        self.model.optimizer.finalize_variable_values(variables)
-
-    def restorer(self) -> keras.callbacks.Callback:
-        swap = self
-
-        class Restore(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                for v, raw in zip(self.model.trainable_variables, swap.raw, strict=True):
-                    v.assign(raw)
-
-        return Restore()
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Save `model` atomically whenever val_score improves, so Ctrl-C or a crash keeps the best so far; stop
-    training after `patience` epochs without improvement (the best model is what the run goes on with).
-
-    `model` is the plain model even when training runs through its fake-quantized wrapper (quant.py).
-    """
-
-    def __init__(self, path: Path, model: keras.Model, patience: int) -> None:
-        super().__init__()
-        self.path, self.ship, self.patience = path, model, patience
-        self.best, self.best_epoch, self.best_logs = -np.inf, -1, {}
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        v = (logs or {}).get("val_score", -np.inf)
-        if v > self.best:
-            self.best, self.best_epoch, self.best_logs = float(v), epoch + 1, {k: float(x) for k, x in logs.items()}
-            write_atomic(self.path, lambda p: self.ship.save(p))
-        elif epoch + 1 - self.best_epoch >= self.patience:
-            log.info("early stop: no better val_score for %d epochs (best %.4f, epoch %d)", self.patience,
-                     self.best, self.best_epoch)
-            self.model.stop_training = True
-
-
-class ResumeCheckpoint(keras.callbacks.Callback):
-    """The run's resumable checkpoint (checkpoint.py) after every epoch; last in the callback list, so it sees
-    the raw weights (after EmaSwap's restorer) and every other callback's updated state."""
-
-    def __init__(self, path: Path, optimizer: keras.optimizers.Optimizer, best: BestCheckpoint,
-                 plateau: keras.callbacks.ReduceLROnPlateau | None) -> None:
-        super().__init__()
-        self.path, self.optimizer, self.best, self.plateau = path, optimizer, best, plateau
-        self.epochs_done = 0
-
-    def state(self) -> dict:
-        s = {"epochs_done": self.epochs_done, "best": self.best.best, "best_epoch": self.best.best_epoch,
-             "best_logs": self.best.best_logs, "stopped": bool(self.model.stop_training)}
-        if self.plateau is not None:
-            s["plateau"] = {k: float(getattr(self.plateau, k)) for k in PLATEAU_STATE}
-        return s
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs_done = epoch + 1
-        checkpoint.save(self.path, self.model, self.optimizer, self.state())
-
-    def resume(self, state: dict) -> None:
-        self.epochs_done = state["epochs_done"]
-        self.best.best, self.best.best_epoch, self.best.best_logs = state["best"], state["best_epoch"], \
-            state["best_logs"]
-        for k, v in state.get("plateau", {}).items():
-            setattr(self.plateau, k, v)
-
-
-PLATEAU_STATE = ("wait", "best", "cooldown_counter")
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop cleanly at the end of the last epoch that fits a wall-clock budget (best weights are kept).
-
-    An epoch is predicted to take as long as the previous one, so a run never overshoots its budget by
-    most of an epoch (on CPU one epoch of a large model can be a third of the budget).
-    """
-
-    def __init__(self, minutes: float) -> None:
-        super().__init__()
-        self.deadline = time.monotonic() + minutes * 60
-        self.epoch_started = time.monotonic()
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch_started = time.monotonic()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        now = time.monotonic()
-        if now + (now - self.epoch_started) > self.deadline:
-            log.info("time budget: stopping after epoch %d (the next would end past the budget)", epoch + 1)
-            self.model.stop_training = True
-
-
-def prepare_data(cfg: TrainConfig) -> dict:
-    """Load, clean and split by frame; returns the pieces training and export both need."""
-    path = D.resolve_data_path(cfg.data)
-    ds = D.load_dataset(path)
-    if cfg.limit_frames:
-        ds = ds.subset(np.arange(min(cfg.limit_frames, len(ds))))
-    ds, cleaning = D.clean(ds, cfg.outlier_min_repeats)
-    train_idx, val_idx = D.split_by_frame(ds, cfg.val_fraction, cfg.seed)
-    return {"path": path, "ds": ds, "cleaning": cleaning, "train": ds.subset(train_idx), "val": ds.subset(val_idx)}
-
-
-def load_split(run_dir: Path) -> dict:
-    return json.loads((run_dir / "split.json").read_text())
-
-
-def validation_tiles_for_run(run_dir: Path, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out validation tiles of a finished run (same frames, same fixed crops)."""
-    cfg = TrainConfig.load(run_dir / "config.json")
-    if data:
-        cfg.data = data
-    split = load_split(run_dir)
-    ds = D.load_dataset(D.resolve_data_path(cfg.data))
-    wanted = set(split["val_names"])
-    idx = np.array([i for i, n in enumerate(ds.names) if n in wanted])
-    if len(idx) != len(wanted):
-        raise D.DataError(f"{len(wanted) - len(idx)} validation frames of run {run_dir} are missing from {cfg.data}")
-    return D.fixed_tiles(ds.subset(idx))
 
 
 @contextlib.contextmanager
@@ -298,156 +126,204 @@ def freeze_batch_norm(model: keras.Model) -> None:
     log.info("batch norm frozen in %d layers", len(frozen))
 
 
-def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.CosineDecay:
+def learning_rate_schedule(phase: Phase, steps_per_epoch: int) -> float | keras.optimizers.schedules.CosineDecay:
     """The optimizer's learning rate: a constant for `plateau` (a callback halves it), else a per-step schedule.
 
-    `cosine` anneals once from `learning_rate` to `min_lr` over `epochs`, so a fine-tuning leg ends at a low rate
-    instead of stopping on whichever noisy epoch the time budget lands on; `cosine_restarts` restarts every 10 epochs.
-    `warmup_epochs` first ramps linearly up from `min_lr`: a continued leg starts with fresh Adam moments, and at
-    the full rate its first epoch undid ~1.7 points of the checkpoint it started from (0.8 with a 1-epoch warm-up).
+    `cosine` anneals once from `learning_rate` to `min_lr` over the phase's epochs, so a phase ends at a low rate
+    instead of stopping on whichever noisy epoch the time budget lands on. `warmup_epochs` first ramps linearly up
+    from `min_lr`: a phase starts with fresh Adam moments, and at the full rate its first epoch undid ~1.7 points
+    of the checkpoint it started from (0.8 with a 1-epoch warm-up).
     """
-    if cfg.schedule == "cosine":
-        warm = round(steps_per_epoch * cfg.warmup_epochs)
+    o = phase.optim
+    if o.schedule == "cosine":
+        warm = round(steps_per_epoch * o.warmup_epochs)
         return keras.optimizers.schedules.CosineDecay(
-            cfg.min_lr if warm else cfg.learning_rate, decay_steps=steps_per_epoch * cfg.epochs - warm,
-            alpha=min(cfg.min_lr / cfg.learning_rate, 1.0), warmup_target=cfg.learning_rate if warm else None,
+            o.min_lr if warm else o.learning_rate, decay_steps=steps_per_epoch * o.epochs - warm,
+            alpha=min(o.min_lr / o.learning_rate, 1.0), warmup_target=o.learning_rate if warm else None,
             warmup_steps=warm)
-    if cfg.schedule == "cosine_restarts":
-        return keras.optimizers.schedules.CosineDecayRestarts(cfg.learning_rate, first_decay_steps=steps_per_epoch * 10)
-    return cfg.learning_rate
+    return o.learning_rate
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train one model; returns the run folder. With `resume`, continue the run `cfg` names from its checkpoint.
-
-    An interrupted run (SIGINT/SIGTERM) stops after saving nothing new: model.keras is its best epoch so far and
-    `--resume` continues it; the logit adjustment and metrics.json come once, when the run finishes.
-    """
-    from marsseg.train import report
-
-    keras.utils.set_random_seed(cfg.training_seed)
-    run_name = cfg.run_name = cfg.run_name or f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.out_dir) / run_name
-    if resume and (run_dir / "metrics.json").exists():  # written once, when a run finishes
-        raise checkpoint.ResumeError(f"run {run_dir} has finished; nothing to resume (start a new run with init_from)")
-    saved = checkpoint.load(run_dir / checkpoint.NAME) if resume else None
-    prep = prepare_data(cfg)
-    train_ds, val_ds = prep["train"], prep["val"]
-    val_x, val_y = D.fixed_tiles(val_ds)
-    camera_x = None
-    if cfg.degrade > 0:  # the same frames through random cameras of the training strength, fixed for the run
-        cameras = D.degrade(val_ds.frames, np.random.default_rng(cfg.seed), cfg.degrade)[0]
-        camera_x, camera_y = D.fixed_tiles(D.Dataset(cameras, val_ds.masks, val_ds.names))
-        assert np.array_equal(camera_y, val_y)
-    weights = D.class_weights(train_ds.masks, cfg.background_weight, cfg.rare_cap)
-    log.info("frames: %d train / %d val (%d val tiles); class weights %s", len(train_ds), len(val_ds),
-             len(val_x), np.round(weights, 3).tolist())
-
+def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
+    """Run every phase of `cfg` into one run folder (continuing an interrupted one with `resume`), then adjust the
+    final model's logit offsets and write metrics.json. Raises `Paused` when the time budget ends a leg."""
+    cfg.run_name = cfg.run_name or f"{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunFolder.of(cfg)
+    if resume and run.finished:
+        raise checkpoint.ResumeError(f"run {run.path} has finished; nothing to resume (start a new run with "
+                                     "init_from)")
+    phases = cfg.phase_configs()
+    d = cfg.data
+    prep = D.prepare(d.path, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats)
+    val_x, val_y = D.fixed_tiles(prep.val)
+    camera_x = D.camera_validation(prep.val, d.seed)
+    log.info("frames: %d train / %d val (%d val tiles); %d phase(s): %s", len(prep.train), len(prep.val),
+             len(val_x), len(phases), ", ".join(f"{p.name} ({p.optim.epochs} epochs)" for p in phases))
     if resume:
-        if load_split(run_dir)["val_names"] != val_ds.names.tolist():
-            raise checkpoint.ResumeError(f"the split rebuilt from {cfg.data} differs from {run_dir}/split.json")
+        if run.split()["val_names"] != prep.val.names.tolist():
+            raise checkpoint.ResumeError(f"the split rebuilt from {prep.path} differs from {run.split_path}")
+        first, saved = resume_point(run, phases)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-        write_text_atomic(run_dir / "split.json", json.dumps({
-            "data": str(prep["path"]), "data_sha256": sha256_file(prep["path"]), "seed": cfg.seed,
-            "val_fraction": cfg.val_fraction, "train_frames": len(train_ds), "val_frames": len(val_ds),
-            "val_names": val_ds.names.tolist(), "cleaning": prep["cleaning"].as_dict(),
-        }, indent=1))
+        run.write_config(cfg)
+        run.write_split({
+            "data": str(prep.path), "data_sha256": sha256_file(prep.path), "seed": d.seed,
+            "val_fraction": d.val_fraction, "train_frames": len(prep.train), "val_frames": len(prep.val),
+            "val_names": prep.val.names.tolist(), "cleaning": prep.cleaning.as_dict()})
+        first, saved = 0, None
+    budget = TimeBudget(cfg.time_budget_min) if cfg.time_budget_min > 0 else None
+    for k in range(first, len(phases)):
+        run_phase(cfg, run, phases, k, prep.train, (val_x, val_y, camera_x), saved if k == first else None, budget)
+        if budget is not None and budget.fired:
+            raise Paused(f"time budget of {cfg.time_budget_min:g} min reached in phase {phases[k].name!r}")
+    finish(cfg, run, phases, prep, (val_x, val_y), resume)
+    return run
 
-    loss_fn = make_loss(cfg.loss, weights, cfg.focal_gamma, cfg.dice_weight)
+
+def resume_point(run: RunFolder, phases: list[Phase]) -> tuple[int, tuple | None]:
+    """The first phase without its finished model, and the checkpoint to continue it from (None: start it)."""
+    first = next((k for k, p in enumerate(phases) if not run.phase_model(k, p.name).is_file()), len(phases))
+    if first == len(phases):
+        return first, None
+    if first > 0 and not run.checkpoint.is_file():
+        return first, None  # the previous phase ended before this one finished an epoch
+    saved = checkpoint.load(run.checkpoint)
+    if saved[2].get("phase", 0) != first:
+        return first, None  # a checkpoint of a finished phase
+    done = saved[2]["epochs_done"]
+    log.info("resuming %s in phase %s after epoch %d (best %.4f at epoch %d)", run.path, phases[first].name, done,
+             saved[2]["best"], saved[2]["best_epoch"])
+    keep_history(run, first, done)
+    return first, saved
+
+
+def keep_history(run: RunFolder, phase: int, epochs_done: int) -> None:
+    """Drop history rows of epochs the checkpoint does not hold (written just before an interruption)."""
+    if not run.history.is_file():
+        return
+    with open(run.history, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    p, e = rows[0].index("phase"), rows[0].index("epoch")
+    kept = [rows[0], *(r for r in rows[1:] if (int(float(r[p])), int(r[e])) < (phase, epochs_done))]
+    if len(kept) != len(rows):
+        def write(path):
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+        write_atomic(run.history, write)
+
+
+def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, train_ds: D.Dataset,
+              val: tuple[np.ndarray, np.ndarray, np.ndarray], saved: tuple | None, budget: TimeBudget | None) -> None:
+    """Train phase `k` from the previous phase's best model (the first from `init_from`, or from scratch) and
+    leave its best model as `run.phase_model(k)`, where the next phase starts."""
+    phase, o = phases[k], phases[k].optim
+    start = run.phase_model(k - 1, phases[k - 1].name) if k else cfg.init_from
+    keras.utils.set_random_seed(cfg.training_seed + k)
+    weights = D.class_weights(train_ds.masks, o.background_weight, o.rare_cap)
+    log.info("phase %d/%d %r: %d epochs, class weights %s%s", k + 1, len(phases), phase.name, o.epochs,
+             np.round(weights, 3).tolist(), f", from {start}" if start else "")
+    loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight)
     with device_scope():
-        model = build_model(cfg)
-        if cfg.init_from:
-            start = keras.saving.load_model(cfg.init_from, compile=False)
-            model.set_weights(start.get_weights())
-            log.info("starting from the weights of %s", cfg.init_from)
-        if cfg.freeze_bn:
+        model = build_model(cfg.model)
+        teacher = keras.saving.load_model(start, compile=False) if start else None
+        if teacher is not None:
+            model.set_weights(teacher.get_weights())
+        if o.freeze_bn:
             freeze_batch_norm(model)
-        steps = math.ceil(len(train_ds) * cfg.tiles_per_frame / cfg.batch_size)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(cfg, steps), use_ema=cfg.ema > 0,
-                                          ema_momentum=cfg.ema or 0.99)
-        net = quant.with_fake_quant(model) if cfg.fake_quant else model  # shares model's weights
-        teacher = keras.saving.load_model(cfg.init_from, compile=False) if cfg.distill else None
-        net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, cfg.distill) if teacher else loss_fn)
+        steps = math.ceil(len(train_ds) * phase.data.tiles_per_frame / o.batch_size)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(phase, steps), use_ema=o.ema > 0,
+                                          ema_momentum=o.ema or 0.99)
+        net = quant.with_fake_quant(model) if phase.quant.fake_quant else model  # shares model's weights
+        teacher = teacher if o.distill else None
+        net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, o.distill) if teacher else loss_fn)
         if saved:
-            checkpoint.restore(net, optimizer, saved[0], saved[1], run_dir / checkpoint.NAME)
-    macs = count_macs(model)
-    log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), macs / 1e9)
+            checkpoint.restore(net, optimizer, saved[0], saved[1], run.checkpoint)
+    if k == 0:
+        log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), count_macs(model) / 1e9)
 
-    ckpt = BestCheckpoint(run_dir / "model.keras", model, cfg.patience)
-    plateau = keras.callbacks.ReduceLROnPlateau("val_score", mode="max", factor=0.5, patience=cfg.lr_patience,
-                                                min_lr=cfg.min_lr, verbose=1) if cfg.schedule == "plateau" else None
-    resumable = ResumeCheckpoint(run_dir / checkpoint.NAME, optimizer, ckpt, plateau)
-    ema = [EmaSwap()] if cfg.ema > 0 else []
+    best = BestCheckpoint(run.model, model, o.patience)
+    plateau = keras.callbacks.ReduceLROnPlateau("val_score", mode="max", factor=0.5, patience=o.lr_patience,
+                                                min_lr=o.min_lr, verbose=1) if o.schedule == "plateau" else None
+    resumable = ResumeCheckpoint(run.checkpoint, k, optimizer, best, plateau)
+    ema = [EmaSwap()] if o.ema > 0 else []
     callbacks = [
         *ema,
-        ValidationIoU(val_x, val_y, loss_fn, cfg.batch_size, camera_x),
-        ckpt,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        ValidationIoU(*val, loss_fn, o.batch_size, k, camera_in_score=phase.data.degrade > 0),
+        best,
+        keras.callbacks.CSVLogger(str(run.history), append=True),
         *([plateau] if plateau else []),
-        *([TimeBudget(cfg.time_budget_min)] if cfg.time_budget_min > 0 else []),
+        *([budget] if budget else []),
         *[e.restorer() for e in ema],
         resumable,
     ]
     done = 0
     if saved:
         resumable.resume(saved[2])
-        done = saved[2]["epochs_done"] if not saved[2].get("stopped") else cfg.epochs
-        log.info("resuming %s after epoch %d (best %.4f at epoch %d)", run_dir, saved[2]["epochs_done"],
-                 ckpt.best, ckpt.best_epoch)
-    started = time.perf_counter()
-    if done < cfg.epochs:
+        done = o.epochs if best.stopped else saved[2]["epochs_done"]
+    if done < o.epochs:
         try:
-            net.fit(TrainTiles(train_ds, cfg, teacher, first_epoch=done), epochs=cfg.epochs, initial_epoch=done,
-                    callbacks=callbacks, verbose=2)
+            net.fit(TrainTiles(train_ds, phase, (cfg.training_seed, k), teacher, first_epoch=done), epochs=o.epochs,
+                    initial_epoch=done, callbacks=callbacks, verbose=2)
         except KeyboardInterrupt:
-            log.warning("interrupted: model.keras is the best epoch so far (%d); continue with "
-                        "`marsseg-train --resume %s`", ckpt.best_epoch, run_dir)
+            log.warning("interrupted in phase %r: continue with `marsseg-train --resume %s`", phase.name, run.path)
             raise
-    wall = time.perf_counter() - started
-    if not (run_dir / "model.keras").exists():
-        raise RuntimeError("training stopped before the first epoch finished; no model was saved")
-    epochs_run = resumable.epochs_done
-
-    best = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    before, adjusted = float(ckpt.best_logs.get("val_miou", np.nan)), {}
-    if "val_miou_camera" in ckpt.best_logs:
-        adjusted["val_miou_camera"] = round(float(ckpt.best_logs["val_miou_camera"]), 4)
-    if cfg.fake_quant:  # epochs were scored through the fake-quant wrapper; the shipped float model scores itself
-        adjusted["val_miou_fake_quant"] = round(before, 4)
-        fq = before
-        before = scores(confusion_matrix(val_y, predict_classes(best, val_x, cfg.batch_size)[0])).mean_iou
-        log.info("best checkpoint: val mean IoU %.4f fake-quantized, %.4f float", fq, before)
-    if cfg.logit_adjust:
-        done_adjust = prior.adjust(best, D.fixed_tiles(train_ds), (val_x, val_y), prior.SAMPLE_TILES, cfg.seed,
-                                   cfg.logit_adjust_scales)
-        adjusted["logit_adjustment"] = {**done_adjust, "val_miou_before": round(before, 4), "made_by": "training"}
-        write_atomic(run_dir / "model.keras", lambda p: best.save(p))
-    metrics = {
-        "run": run_name, "arch": cfg.arch, "loss": cfg.loss, **evaluate_run(best, val_x, val_y, cfg, run_dir),
-        "best_epoch": ckpt.best_epoch, "epochs_run": epochs_run, "resumed": resume,
-        "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs_run - done, 1), 1),
-        "parameters": int(best.count_params()), "macs_per_tile": int(macs),
-        "class_weights": weights.tolist(), "train_frames": len(train_ds), "val_frames": len(val_ds),
-        "val_tiles": len(val_x), "backend": keras.backend.backend(), **adjusted,
-    }
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    if (run_dir / "history.csv").exists():
-        report.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
-    log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run_dir, metrics["mean_iou"],
-             ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_class_iou"].items()), wall)
-    return run_dir
+    if budget is not None and budget.fired and resumable.epochs_done < o.epochs and not best.stopped:
+        return
+    if not run.model.is_file():
+        raise RuntimeError(f"phase {phase.name!r} stopped before its first epoch finished; no model was saved")
+    write_atomic(run.phase_model(k, phase.name), lambda p: shutil.copyfile(run.model, p))
+    log.info("phase %r done: best val_score %.4f at epoch %d", phase.name, best.best, best.best_epoch)
 
 
-def evaluate_run(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, run_dir: Path) -> dict:
-    """Validation scores + confusion matrix of the model a run ships, with its confusion and prediction plots."""
+def phase_record(run: RunFolder, phases: list[Phase]) -> list[dict]:
+    """Per phase, from history.csv: epochs run, seconds, and the best epoch's validation figures."""
+    with open(run.history, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    out = []
+    for k, p in enumerate(phases):
+        mine = [r for r in rows if int(r["phase"]) == k]
+        best = max(mine, key=lambda r: r["val_score"])
+        out.append({"name": p.name, "epochs_run": len(mine), "best_epoch": int(best["epoch"]) + 1,
+                    "seconds": round(sum(r["seconds"] for r in mine), 1),
+                    **{key: round(best[key], 4) for key in ("val_miou", "val_miou_camera", "val_score")}})
+    return out
+
+
+def finish(cfg: TrainConfig, run: RunFolder, phases: list[Phase], prep: D.Prepared,
+           val: tuple[np.ndarray, np.ndarray], resumed: bool) -> None:
+    """The run's model: the last phase's best, its float score (phases may train fake-quantized), logit offsets
+    chosen on validation, scores, plots, curves, and metrics.json (which marks the run finished)."""
     from marsseg.train import report
 
-    pred, _ = predict_classes(model, val_x, cfg.batch_size)
-    cm = confusion_matrix(val_y, pred)
-    report.plot_confusion(cm, run_dir / "confusion.png")
-    k = min(cfg.predictions_to_plot, len(val_x))
-    pick = np.random.default_rng(0).choice(len(val_x), size=k, replace=False)
-    report.plot_predictions(val_x[pick], val_y[pick], pred[pick], run_dir / "predictions.png")
-    return {**scores(cm).as_dict(), "confusion_matrix": cm.tolist(), "class_names": list(CLASS_NAMES)}
+    val_x, val_y = val
+    record = phase_record(run, phases)
+    last = record[-1]
+    best = keras.saving.load_model(run.model, compile=False)
+    before = mean_iou(best, val_x, val_y)
+    extra = {"val_miou_camera": last["val_miou_camera"]}
+    if phases[-1].quant.fake_quant:  # its epochs were scored through the fake-quant wrapper
+        extra["val_miou_fake_quant"] = last["val_miou"]
+        log.info("best checkpoint: val mean IoU %.4f fake-quantized, %.4f float", last["val_miou"], before)
+    if cfg.adjust.logit_adjust:
+        done = prior.adjust(best, D.fixed_tiles(prep.train), val, prior.SAMPLE_TILES, cfg.data.seed,
+                            cfg.adjust.scales)
+        extra["logit_adjustment"] = {**done, "val_miou_before": round(before, 4), "made_by": "training"}
+        write_atomic(run.model, lambda p: best.save(p))
+    wall = sum(p["seconds"] for p in record)
+    epochs = sum(p["epochs_run"] for p in record)
+    weights = D.class_weights(prep.train.masks, phases[-1].optim.background_weight, phases[-1].optim.rare_cap)
+    metrics = {
+        "run": run.name, "arch": cfg.model.arch, "loss": phases[-1].optim.loss,
+        **evaluate_run(best, val_x, val_y, run.path, phases[-1].optim.batch_size, cfg.predictions_to_plot),
+        "best_epoch": last["best_epoch"], "epochs_run": epochs, "phases": record, "resumed": resumed,
+        "wall_seconds": round(wall, 1), "seconds_per_epoch": round(wall / max(epochs, 1), 1),
+        "parameters": int(best.count_params()), "macs_per_tile": int(count_macs(best)),
+        "class_weights": weights.tolist(), "train_frames": len(prep.train), "val_frames": len(prep.val),
+        "val_tiles": len(val_x), "backend": keras.backend.backend(), **extra,
+    }
+    run.write_metrics(metrics)
+    report.plot_curves(run.history, run.curves)
+    log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run.path, metrics["mean_iou"],
+             ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_class_iou"].items()), wall)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import keras
 from keras import layers
 from marsseg.edge.spec import NUM_CLASSES, TILE_SHAPE
-from marsseg.train.config import TrainConfig
+from marsseg.train.config import ModelConfig
 
 
-def conv_bn(x, filters: int, cfg: TrainConfig, kernel: int = 3, dilation: int = 1, relu: bool = True):
+def conv_bn(x, filters: int, cfg: ModelConfig, kernel: int = 3, dilation: int = 1, relu: bool = True):
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False)(x)
     x = layers.BatchNormalization(momentum=cfg.bn_momentum)(x)
     return layers.ReLU()(x) if relu else x
 
 
-def res_block(x, filters: int, cfg: TrainConfig):
+def res_block(x, filters: int, cfg: ModelConfig):
     """Two 3x3 conv+BN with an identity (or 1x1 projection) shortcut."""
     shortcut = x if x.shape[-1] == filters else conv_bn(x, filters, cfg, kernel=1, relu=False)
     y = conv_bn(x, filters, cfg)
@@ -40,7 +40,7 @@ def upsample_to(x, height: int, width: int):
     return layers.Resizing(height, width, interpolation="nearest")(x)
 
 
-def unet_branch(x, widths: tuple[int, ...], bottleneck: int, cfg: TrainConfig, blocks: int):
+def unet_branch(x, widths: tuple[int, ...], bottleneck: int, cfg: ModelConfig, blocks: int):
     """Encoder (res blocks + max-pool), SE bottleneck with dropout, decoder with skip connections."""
     skips = []
     for f in widths:
@@ -59,7 +59,7 @@ def unet_branch(x, widths: tuple[int, ...], bottleneck: int, cfg: TrainConfig, b
     return x
 
 
-def dual_unet(cfg: TrainConfig) -> keras.Model:
+def dual_unet(cfg: ModelConfig) -> keras.Model:
     """Seed 1's dual U-Net: a full-resolution detail branch and a quarter-resolution context branch.
 
     Compute is put at low resolution: the detail branch is narrow at full resolution; the context branch
@@ -98,7 +98,7 @@ def transformer_block(x, heads: int, dropout: float):
     return layers.Reshape((hh, ww, c))(t)
 
 
-def aspp(x, filters: int, cfg: TrainConfig):
+def aspp(x, filters: int, cfg: ModelConfig):
     """Atrous spatial pyramid pooling: 1x1, dilated 3x3s and an image-level branch, fused by 1x1."""
     branches = [conv_bn(x, filters, cfg, kernel=1)]
     branches += [conv_bn(x, filters, cfg, dilation=d) for d in (2, 3)]
@@ -118,7 +118,7 @@ def resample_to(x, height: int, width: int):
     return x
 
 
-def dense_unet(cfg: TrainConfig) -> keras.Model:
+def dense_unet(cfg: ModelConfig) -> keras.Model:
     """Seed 2's dense-skip U-Net: each decoder level sees every encoder level; Transformer + ASPP bottleneck."""
     h, w = TILE_SHAPE
     inp = keras.Input((h, w, 1), name="image")
@@ -145,7 +145,7 @@ def dense_unet(cfg: TrainConfig) -> keras.Model:
 ARCHS = {"dual-unet": dual_unet, "dense-unet": dense_unet}
 
 
-def build_model(cfg: TrainConfig) -> keras.Model:
+def build_model(cfg: ModelConfig) -> keras.Model:
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[cfg.arch](cfg)

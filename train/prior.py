@@ -17,7 +17,6 @@ number chosen on validation, as early stopping chooses the epoch; the fit itself
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.edge.io import write_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, preprocess
 from marsseg.train import quant
@@ -123,35 +122,36 @@ def adjust_run(run_dir: Path, data: str | None = None, sample: int = SAMPLE_TILE
     adjusted the earlier offsets are taken out first, so the choice is made again from the model as trained.
     `scales` defaults to the run's `logit_adjust_scales`.
     """
-    from marsseg.train import fit
-    from marsseg.train.config import TrainConfig
+    from marsseg.train import data as D
+    from marsseg.train.run import RunFolder
+    from marsseg.train.scoring import evaluate_run
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run = RunFolder(run_dir)
+    metrics = run.metrics()
     earlier = metrics.get("logit_adjustment")
     if output is not None and output.exists():
         raise ValueError(f"--output {output} exists; name a new folder")
-    cfg = TrainConfig.load(run_dir / "config.json")
-    if data:
-        cfg.data = data
-    prep = fit.prepare_data(cfg)
-    if prep["val"].names.tolist() != fit.load_split(run_dir)["val_names"]:
-        raise ValueError(f"the split rebuilt from {cfg.data} differs from {run_dir}/split.json; pass the run's data")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    cfg = run.config()
+    d = cfg.data
+    prep = D.prepare(data or d.path, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats)
+    if prep.val.names.tolist() != run.split()["val_names"]:
+        raise ValueError(f"the split rebuilt from {prep.path} differs from {run.split_path}; pass the run's data")
+    model = keras.saving.load_model(run.model, compile=False)
     if earlier:
         fold_logit_bias(model, -np.asarray(earlier["bias"], np.float32))
         log.info("took out the earlier offsets %s", earlier["bias"])
-    val_x, val_y = fixed_tiles(prep["val"])
-    done = adjust(model, fixed_tiles(prep["train"]), (val_x, val_y), sample, cfg.seed,
-                  tuple(scales or cfg.logit_adjust_scales))
+    val_x, val_y = fixed_tiles(prep.val)
+    done = adjust(model, fixed_tiles(prep.train), (val_x, val_y), sample, d.seed, tuple(scales or cfg.adjust.scales))
     done.update(val_miou_before=earlier["val_miou_before"] if earlier else round(metrics["mean_iou"], 4),
                 made_by="marsseg-adjust")
     if output is not None:  # copied only now, so a failure above leaves no half-made folder behind
         # export/ and eval/ describe the unadjusted model, so they stay behind
-        shutil.copytree(run_dir, output, ignore=shutil.ignore_patterns("export", "eval"))
-        run_dir = output
-    metrics.update(fit.evaluate_run(model, val_x, val_y, cfg, run_dir), logit_adjustment=done)
-    write_atomic(run_dir / "model.keras", lambda p: model.save(p))
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        shutil.copytree(run.path, output, ignore=shutil.ignore_patterns("export", "eval"))
+        run = RunFolder(output)
+    metrics.update(evaluate_run(model, val_x, val_y, run.path, plotted=cfg.predictions_to_plot),
+                   logit_adjustment=done)
+    write_atomic(run.model, lambda p: model.save(p))
+    run.write_metrics(metrics)
     return metrics
 
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         m = adjust_run(args.run, args.data, args.sample, args.output, args.scales)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError) as e:  # RunError is a ValueError
         print(f"marsseg-adjust: error: {e}", file=sys.stderr)
         return 2
     a = m["logit_adjustment"]
