@@ -73,6 +73,8 @@ class EmaSwap(keras.callbacks.Callback):
         variables = self.model.trainable_variables
         self.raw = [keras.ops.convert_to_numpy(v) for v in variables]
         self.model.optimizer.finalize_variable_values(variables)
+        for v in variables:  # own copies: on JAX the average's buffers are donated to the next training step
+            v.assign(keras.ops.convert_to_numpy(v))
 
     def restorer(self) -> keras.callbacks.Callback:
         swap = self

@@ -21,7 +21,7 @@ from marsseg.train.losses import make_loss, with_distillation
 from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
 from marsseg.train.run import RunFolder
-from marsseg.train.scoring import evaluate_run, mean_iou, predict_classes
+from marsseg.train.scoring import data_parallel_devices, evaluate_run, mean_iou, predict_classes
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ class TrainTiles(keras.utils.PyDataset):
         self.epoch, self.made_for = (x[order], y[order], soft), k  # one assignment: a reader never mixes epochs
 
     def __len__(self) -> int:
-        return math.ceil(len(self.ds) * self.phase.data.tiles_per_frame / self.phase.optim.batch_size)
+        """Batches per epoch. Split over several JAX devices, a last batch that does not divide between them
+        is left out (the devices take equal shares); everywhere else the last batch may be short."""
+        tiles, b = len(self.ds) * self.phase.data.tiles_per_frame, self.phase.optim.batch_size
+        return tiles // b if tiles % b % data_parallel_devices() else math.ceil(tiles / b)
 
     def __getitem__(self, i: int):
         if self.epoch is None:
@@ -96,7 +99,21 @@ class TrainTiles(keras.utils.PyDataset):
 
 @contextlib.contextmanager
 def device_scope():
-    """Mixed precision + MirroredStrategy on GPUs (TensorFlow backend); plain CPU otherwise."""
+    """Where the model trains. TensorFlow: mixed precision on GPUs and `MirroredStrategy` over several. JAX:
+    `keras.distribution.DataParallel` over every device JAX sees (several GPUs; on a CPU, as many as
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N` makes), the global batch split between them."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = jax.devices()
+        if len(devices) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            log.info("training data-parallel on %d %s devices (JAX)", len(devices), devices[0].platform)
+            try:
+                yield
+            finally:
+                keras.distribution.set_distribution(None)
+            return
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -171,10 +188,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
             "val_names": prep.val.names.tolist(), "cleaning": prep.cleaning.as_dict()})
         first, saved = 0, None
     budget = TimeBudget(cfg.time_budget_min) if cfg.time_budget_min > 0 else None
-    for k in range(first, len(phases)):
-        run_phase(cfg, run, phases, k, prep.train, (val_x, val_y, camera_x), saved if k == first else None, budget)
-        if budget is not None and budget.fired:
-            raise Paused(f"time budget of {cfg.time_budget_min:g} min reached in phase {phases[k].name!r}")
+    with device_scope():
+        for k in range(first, len(phases)):
+            run_phase(cfg, run, phases, k, prep.train, (val_x, val_y, camera_x), saved if k == first else None,
+                      budget)
+            if budget is not None and budget.fired:
+                raise Paused(f"time budget of {cfg.time_budget_min:g} min reached in phase {phases[k].name!r}")
     finish(cfg, run, phases, prep, (val_x, val_y), resume)
     return run
 
@@ -225,21 +244,20 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
     log.info("phase %d/%d %r: %d epochs, class weights %s%s", k + 1, len(phases), phase.name, o.epochs,
              np.round(weights, 3).tolist(), f", from {start}" if start else "")
     loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight)
-    with device_scope():
-        model = build_model(cfg.model)
-        teacher = keras.saving.load_model(start, compile=False) if start else None
-        if teacher is not None:
-            model.set_weights(teacher.get_weights())
-        if o.freeze_bn:
-            freeze_batch_norm(model)
-        steps = math.ceil(len(train_ds) * phase.data.tiles_per_frame / o.batch_size)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(phase, steps), use_ema=o.ema > 0,
-                                          ema_momentum=o.ema or 0.99)
-        net = quant.with_fake_quant(model) if phase.quant.fake_quant else model  # shares model's weights
-        teacher = teacher if o.distill else None
-        net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, o.distill) if teacher else loss_fn)
-        if saved:
-            checkpoint.restore(net, optimizer, saved[0], saved[1], run.checkpoint)
+    model = build_model(cfg.model)
+    teacher = keras.saving.load_model(start, compile=False) if start else None
+    if teacher is not None:
+        model.set_weights(teacher.get_weights())
+    if o.freeze_bn:
+        freeze_batch_norm(model)
+    steps = math.ceil(len(train_ds) * phase.data.tiles_per_frame / o.batch_size)
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(phase, steps), use_ema=o.ema > 0,
+                                      ema_momentum=o.ema or 0.99)
+    net = quant.with_fake_quant(model) if phase.quant.fake_quant else model  # shares model's weights
+    teacher = teacher if o.distill else None
+    net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, o.distill) if teacher else loss_fn)
+    if saved:
+        checkpoint.restore(net, optimizer, saved[0], saved[1], run.checkpoint)
     if k == 0:
         log.info("%s: %d parameters, %.3f GMAC per tile", model.name, model.count_params(), count_macs(model) / 1e9)
 

@@ -10,9 +10,21 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
 
 
+def data_parallel_devices() -> int:
+    """How many devices `keras.distribution` splits each batch over (1 without a distribution)."""
+    dist = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    return int(np.prod(dist.device_mesh.shape)) if dist is not None else 1
+
+
 def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax classes and the probabilities for uint8 tiles (N, H, W), through the shared preprocessing."""
-    probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)
+    """Argmax classes and the probabilities for uint8 tiles (N, H, W), through the shared preprocessing.
+
+    Split over several devices every batch must divide between them, so the tiles are padded (and the answers
+    for the padding dropped)."""
+    n, k = len(x), data_parallel_devices()
+    if k > 1 and (n % batch_size) % k:
+        x = np.concatenate([x, np.zeros((k - n % batch_size % k, *x.shape[1:]), x.dtype)])
+    probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)[:n]
     return probs.argmax(-1).astype(np.uint8), probs
 
 
