@@ -67,6 +67,8 @@ class EdgeConfig:
     serial: str | None = None
     baud: int = _opt(115200, 300, 16_000_000)
     map_rate: float = _opt(2.0, 0, 1000, lo_open=True)
+    queue: int = _opt(8, 0, 1024)  # results each output may fall behind the frame loop (0: publish in the loop)
+    drop: bool = False  # a full queue drops its oldest result (counted) instead of making the loop wait
     threads: int = _opt(0, 0, 1024)
     log_interval: float = _opt(5.0, 0, lo_open=True)
     watchdog: float = _opt(0.0, 0)
@@ -180,6 +182,10 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     o.add_argument("--serial", help="serial port for terrain maps (e.g. /dev/ttyUSB0)")
     o.add_argument("--baud", type=int)
     o.add_argument("--map-rate", type=float, help="maps/s the serial link budget is planned for (default 2)")
+    o.add_argument("--queue", type=int, help="results each output (files, video, JSON lines) may fall behind, "
+                                             "written by its own thread (default 8; 0: in the frame loop)")
+    o.add_argument("--drop", action="store_true", default=None,
+                   help="when an output is --queue results behind, drop its oldest (counted) instead of waiting")
     o.add_argument("--cell", type=int, help="terrain grid cell size in pixels (default 16)")
     o.add_argument("--min-confidence", type=float,
                    help="cells whose mean confidence is below this get unknown cost (default 0 = off; 0.7 suggested)")
@@ -240,7 +246,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def build_and_run(cfg: EdgeConfig) -> int:
     from marsseg.edge.model import TileModel
     from marsseg.edge.pipeline import Segmenter
-    from marsseg.edge.publishers import FilePublisher, JsonLinesPublisher, VideoPublisher
+    from marsseg.edge.publishers import FilePublisher, JsonLinesPublisher, Queued, VideoPublisher
     from marsseg.edge.render import palette
     from marsseg.edge.runtime import Runtime, Watchdog
     from marsseg.edge.sources import open_source
@@ -271,6 +277,8 @@ def build_and_run(cfg: EdgeConfig) -> int:
         publishers.append(VideoPublisher(Path(cfg.video), lut))
     if cfg.jsonl:
         publishers.append(JsonLinesPublisher(sys.stdout, meta.class_names))
+    if cfg.queue:
+        publishers = [Queued(p, cfg.queue, block=not cfg.drop) for p in publishers]
     runtime = Runtime(source, Segmenter(model, cfg.overlap), publishers, table, cfg.cell, cfg.scale,
                       parse_size(cfg.resize) if cfg.resize else None, cfg.log_interval, watchdog,
                       cfg.max_frames, cfg.fov, cfg.max_tiles, cfg.fail_after)
@@ -283,6 +291,9 @@ def build_and_run(cfg: EdgeConfig) -> int:
     summary = runtime.summary(meta.class_names)
     if cfg.serial:
         summary["serial"] = dataclasses.asdict(publishers[-1].stats)
+    queued = {p.name: dataclasses.asdict(p.stats) for p in publishers if isinstance(p, Queued)}
+    if queued:
+        summary["outputs"] = queued
     log.info("summary: %s", json.dumps(summary))
     if cfg.summary:
         print_summary(summary)
@@ -337,6 +348,9 @@ def print_summary(s: dict) -> None:
           f"latency mean {s['latency_ms_mean']:.1f} ms  p95 {s['latency_ms_p95']:.1f} ms", file=out)
     print("stages (ms/frame): " + "  ".join(f"{k} {v:.2f}" for k, v in s["stage_ms_mean"].items()), file=out)
     print("class histogram: " + "  ".join(f"{k} {v:.1%}" for k, v in s["class_histogram"].items()), file=out)
+    for name, q in s.get("outputs", {}).items():
+        print(f"output {name}: published {q['published']}  dropped {q['dropped']}  errors {q['errors']}  "
+              f"waited {q['blocked_s']:.2f} s  slowest capture-to-written {q['latency_ms_max']:.0f} ms", file=out)
     if "mean_iou" in s:
         print(f"mean IoU vs the clip's masks (background ignored): {s['mean_iou']:.4f}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s["per_class_iou"].items()), file=out)

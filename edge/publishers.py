@@ -1,16 +1,21 @@
 """Where terrain products go: files, an overlay video, JSON lines on stdout (serial lives in serial_link).
 
 Every publisher has `publish(frame, result)` and `close()`. A publisher failure is counted and logged by
-the runtime; it never stops segmentation.
+the runtime; it never stops segmentation. `Queued` runs a publisher on its own thread behind a bounded queue,
+so encoding and writing happen beside the next frame's inference instead of after it.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import io
 import json
 import logging
 import math
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -40,6 +45,92 @@ class Publisher(Protocol):
     def publish(self, frame: Frame, result: Result) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class QueueStats:
+    published: int = 0
+    dropped: int = 0  # results that waited in a full queue and were replaced by newer ones (drop policy)
+    errors: int = 0
+    blocked_s: float = 0.0  # time the frame loop waited for a full queue (block policy)
+    latency_ms_max: float = 0.0  # capture to published, the slowest frame
+
+
+class Queued:
+    """A publisher on its own thread behind a queue of `depth` results: a slow consumer never stalls inference.
+
+    When the queue is full, `block=True` (files: every frame is wanted) makes the frame loop wait for room, and
+    `block=False` drops the oldest waiting result; both are counted (`stats`). A failure inside the worker is
+    raised from the next `publish` call, so the runtime counts and reports it as for an inline publisher.
+    `close` publishes what is queued, then closes the inner publisher. The runtime's buffers are reused for the
+    next frame, so the mask and confidence are copied in (the frame and grid are new each frame).
+    """
+
+    def __init__(self, inner: Publisher, depth: int, block: bool, name: str = "") -> None:
+        self.inner, self.depth, self.block = inner, depth, block
+        self.name = name or type(inner).__name__
+        self.stats = QueueStats()
+        self._queue: collections.deque[tuple[Frame, Result]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = self._busy = False
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name=f"publish-{self.name}", daemon=True)
+        self._thread.start()
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        result = dataclasses.replace(result, mask=result.mask.copy(), confidence=result.confidence.copy())
+        with self._cond:
+            if self.block and len(self._queue) >= self.depth:
+                t0 = time.perf_counter()
+                self._cond.wait_for(lambda: len(self._queue) < self.depth or not self._thread.is_alive())
+                self.stats.blocked_s += time.perf_counter() - t0
+            if len(self._queue) >= self.depth:
+                self._queue.popleft()
+                self.stats.dropped += 1
+            self._queue.append((frame, result))
+            self._cond.notify_all()
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def join(self) -> None:
+        """Wait until every queued result has been handed to the output (or failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._queue and not self._busy)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                frame, result = self._queue.popleft()
+                self._busy = True
+                self._cond.notify_all()
+            error = None
+            try:
+                self.inner.publish(frame, result)
+            except Exception as e:  # any failure: reported to the runtime by the next publish() or close()
+                error = e
+            with self._cond:
+                if error is None:
+                    self.stats.published += 1
+                    done = (time.time() - frame.timestamp) * 1000
+                    self.stats.latency_ms_max = max(self.stats.latency_ms_max, done)
+                else:
+                    self.stats.errors += 1
+                    self._error = error
+                self._busy = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        self.inner.close()
+        if self._error is not None:
+            raise self._error
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -1,0 +1,80 @@
+"""Publishers on their own thread: a slow output never stalls the frame loop; drops and errors are counted."""
+
+import threading
+
+import numpy as np
+import pytest
+from marsseg.edge.publishers import Queued, Result
+from marsseg.edge.sources import Frame
+from marsseg.edge.terrain import CostTable, terrain_grid
+
+
+class Gated:
+    """An output that takes each result only when the test lets it, and records what it got."""
+
+    def __init__(self, fail_on: int = -1) -> None:
+        self.gate, self.entered = threading.Semaphore(0), threading.Event()
+        self.got: list[tuple[int, int]] = []
+        self.fail_on, self.closed = fail_on, False
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        self.entered.set()
+        self.gate.acquire()
+        if frame.index == self.fail_on:
+            raise OSError("disk full")
+        self.got.append((frame.index, int(result.mask[0, 0])))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def item(i: int, mask: np.ndarray) -> tuple[Frame, Result]:
+    mask[...] = i % 5  # the runtime reuses its buffers for the next frame
+    conf = np.ones(mask.shape, np.float32)
+    grid = terrain_grid(mask, conf, (4, 4), CostTable((float("nan"), 1, 2, 5, float("inf"))))
+    return Frame(f"f{i}", i, 0.0, mask), Result(mask, mask, conf, grid, 0.0)
+
+
+def test_a_stalled_output_drops_its_oldest_results_and_never_blocks_the_loop():
+    out = Gated()
+    q = Queued(out, depth=2, block=False)
+    buf = np.zeros((8, 8), np.uint8)
+    q.publish(*item(0, buf))
+    out.entered.wait()  # the worker holds frame 0 inside the stalled output
+    for i in range(1, 10):  # returns at once although the output takes nothing
+        q.publish(*item(i, buf))
+    assert q.stats.dropped == 7  # frames 1..7 made way for newer ones; 8 and 9 wait
+    for _ in range(3):
+        out.gate.release()
+    q.close()
+    assert out.got == [(0, 0), (8, 3), (9, 4)]  # each result as it was when published, not the reused buffer
+    assert out.closed and q.stats.published == 3 and q.stats.published + q.stats.dropped == 10
+
+
+def test_a_blocking_output_gets_every_result_in_order():
+    out = Gated()
+    q = Queued(out, depth=2, block=True)
+    buf = np.zeros((8, 8), np.uint8)
+    producer = threading.Thread(target=lambda: [q.publish(*item(i, buf)) for i in range(6)])
+    producer.start()
+    out.entered.wait()
+    for _ in range(6):
+        out.gate.release()
+    producer.join()
+    q.close()
+    assert out.got == [(i, i % 5) for i in range(6)] and q.stats.dropped == 0
+
+
+def test_a_failure_in_the_worker_reaches_the_runtime_on_the_next_publish():
+    out = Gated(fail_on=1)
+    q = Queued(out, depth=4, block=True)
+    buf = np.zeros((8, 8), np.uint8)
+    for _ in range(3):
+        out.gate.release()
+    q.publish(*item(0, buf))
+    q.publish(*item(1, buf))
+    q.join()  # frame 1 has failed in the worker
+    with pytest.raises(OSError, match="disk full"):
+        q.publish(*item(2, buf))  # counted by the runtime like an inline publisher's failure
+    q.close()
+    assert out.got == [(0, 0), (2, 2)] and q.stats.errors == 1 and q.stats.published == 2
