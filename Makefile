@@ -67,6 +67,7 @@ bench: setup                    ## benchmarks -> bench/results/<host>-<date>.jso
 	$(BIN)/python -m tools.bench --output bench/results
 	$(BIN)/python -m tools.conv_bench --output bench/results
 	$(BIN)/python -m tools.train_bench --output bench/results
+	$(BIN)/python -m tools.side_by_side --output bench/results
 
 soak: setup                     ## 20,000-frame soak (RSS growth) + 10^6-input decoder fuzz -> bench/results
 	$(BIN)/python -m tools.soak --output bench/results

@@ -1,0 +1,127 @@
+"""marsseg-edge against a naive loop on the same model and frames, and both against the invoke-only limit.
+
+  python -m tools.side_by_side [--output bench/results] [--quick]
+
+Cases: 128x128 frames at overlap 0 and 0.25, and 1024x1024 frames at the model's ground scale (`--scale 0.125`),
+each without outputs and with `--output --no-overlay` (the class mask PNG at the input's size). For each:
+- `edge`: frames/s of `marsseg-edge FOLDER [OUT] --summary-json` (its own count, start-up excluded);
+- `naive`: a plain loop with the same model: read the PNG, resize like the runtime, one batch-1 invoke per tile
+  at the runtime's tile positions, argmax pasted into a mask (no blending), write the mask PNG when outputs are on;
+- `invoke_limit`: frames/s the interpreter alone reaches with that many tiles per frame in one batch.
+Ratios: edge / naive, and each as a fraction of the invoke-only limit. Writes bench/results/<host>-<date>-side.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from marsseg.edge.cli import bundled
+from marsseg.edge.model import TileModel
+from marsseg.edge.tiling import TileGrid
+
+from tools.bench import REPO, base_result, make_frames, say, write_result
+
+CASES = (  # (frame size, overlap, scale)
+    ((128, 128), 0.0, 1.0),
+    ((128, 128), 0.25, 1.0),
+    ((1024, 1024), 0.25, 0.125),
+)
+
+
+def work_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    return round(shape[0] * scale), round(shape[1] * scale)
+
+
+def grid_for(model: TileModel, shape: tuple[int, int], overlap: float) -> TileGrid:
+    th, tw = model.tile_shape
+    return TileGrid(shape, (th, tw), (int(th * overlap), int(tw * overlap)))
+
+
+def edge_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale: float) -> float:
+    summary = frames.parent / "summary.json"
+    args = [sys.executable, "-m", "marsseg.edge.cli", str(frames), *([str(out), "--no-overlay"] if out else []),
+            "--model", str(model), "--overlap", str(overlap), "--summary-json", str(summary), "--log-level", "WARNING"]
+    if scale != 1.0:
+        args += ["--scale", str(scale)]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    return json.loads(summary.read_text())["fps"]
+
+
+def naive_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale: float) -> float:
+    m = TileModel(model)
+    files = sorted(frames.glob("*.png"))
+    t0 = time.perf_counter()
+    for f in files:
+        frame = img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        if scale != 1.0:
+            img = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        grid = grid_for(m, img.shape, overlap)
+        mask = np.zeros(img.shape, np.uint8)
+        th, tw = m.tile_shape
+        for y, x in grid.boxes:
+            classes = m.predict(img[None, y : y + th, x : x + tw]).argmax(-1)[0]
+            mask[y : y + th, x : x + tw] = classes
+        if out:  # at the input's size, as the runtime's mask PNG
+            size = (frame.shape[1], frame.shape[0])
+            cv2.imwrite(str(out / f"{f.stem}.png"), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return len(files) / (time.perf_counter() - t0)
+
+
+def invoke_limit(model: Path, tiles: int, seconds: float) -> float:
+    m = TileModel(model)
+    batch = np.random.default_rng(0).integers(0, 256, (tiles, *m.tile_shape), dtype=np.uint8)
+    m.predict(batch)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 5:
+        m.predict(batch)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--model", type=Path, default=bundled("model_int8.tflite"))
+    p.add_argument("--quick", action="store_true", help="a few frames per case (smoke check)")
+    a = p.parse_args(argv)
+    result = base_result()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape, overlap, scale in CASES:
+            n = (4 if a.quick else 24) if shape[0] > 128 else (8 if a.quick else 240)
+            frames = Path(tmp) / f"{shape[0]}x{shape[1]}" / "frames"
+            if not frames.is_dir():
+                make_frames(frames, shape, n)
+            tiles = len(grid_for(TileModel(a.model), work_shape(shape, scale), overlap))
+            limit = invoke_limit(a.model, tiles, 0.5 if a.quick else 3.0)
+            for outputs in (False, True):
+                out = frames.parent / ("out-edge" if outputs else "")
+                naive_out = frames.parent / "out-naive" if outputs else None
+                for d in (out, naive_out):
+                    if d and outputs:
+                        d.mkdir(exist_ok=True)
+                edge = edge_fps(a.model, frames, out if outputs else None, overlap, scale)
+                naive = naive_fps(a.model, frames, naive_out, overlap, scale)
+                r = {"frame_shape": list(shape), "overlap": overlap, "scale": scale, "tiles_per_frame": tiles,
+                     "outputs": outputs, "frames": n, "edge_fps": round(edge, 2), "naive_fps": round(naive, 2),
+                     "invoke_limit_fps": round(limit, 2), "edge_over_naive": round(edge / naive, 3),
+                     "edge_share_of_limit": round(edge / limit, 3), "naive_share_of_limit": round(naive / limit, 3)}
+                say(f"  {shape[0]}x{shape[1]} overlap {overlap:g} scale {scale:g} ({tiles} tiles)"
+                    f"{' + outputs' if outputs else ''}: edge {edge:.1f} fps, naive {naive:.1f}, invoke-only "
+                    f"{limit:.1f} -> edge/naive {r['edge_over_naive']:.2f}, edge {r['edge_share_of_limit']:.0%} of "
+                    "the limit")
+                rows.append(r)
+    result["side_by_side"] = rows
+    return write_result(result, a.output, "-side")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
