@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from marsseg.edge.interpreter import ModelError
+from marsseg.edge.publishers import MASK_SIZES
 from marsseg.edge.sources import SourceError
 
 log = logging.getLogger("marsseg.edge")
@@ -61,6 +62,7 @@ class EdgeConfig:
     max_tiles: int = _opt(256, 1)  # memory budget: frames needing more tiles are refused (see --scale)
     cell: int = _opt(16, 1, 4096)
     overlay: bool = True
+    mask_size: str = "input"  # saved masks at the input's size or the model's scale (MASK_SIZES)
     npz: bool = False
     video: str | None = None
     jsonl: bool = False
@@ -132,6 +134,8 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
         if not ok:
             raise ConfigError(f"costs.{name} must be a number, \"inf\" (lethal) or \"nan\" (unknown), got {cost!r}",
                               "costs")
+    if cfg.mask_size not in MASK_SIZES:
+        raise ConfigError(f"--mask-size must be one of {', '.join(MASK_SIZES)}, got {cfg.mask_size!r}", "mask_size")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.camera is not None and cfg.source is not None:
@@ -176,6 +180,8 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     o = p.add_argument_group("outputs")
     o.add_argument("--output", help="folder for NAME.png class masks and NAME_overlay.png")
     o.add_argument("--no-overlay", dest="overlay", action="store_false", default=None)
+    o.add_argument("--mask-size", choices=MASK_SIZES,
+                   help="saved class masks at the input's size (default) or at the scale the model ran at")
     o.add_argument("--npz", action="store_true", default=None, help="also NAME_map.npz (mask, confidence, grid)")
     o.add_argument("--video", help="overlay video file (.mp4)")
     o.add_argument("--jsonl", action="store_true", default=None, help="JSON line per frame on stdout")
@@ -272,7 +278,7 @@ def build_and_run(cfg: EdgeConfig) -> int:
     lut = palette(meta.colours)
     publishers = []
     if cfg.output:
-        publishers.append(FilePublisher(Path(cfg.output), lut, overlay=cfg.overlay, npz=cfg.npz))
+        publishers.append(FilePublisher(Path(cfg.output), lut, cfg.overlay, cfg.npz, cfg.mask_size))
     if cfg.video:
         publishers.append(VideoPublisher(Path(cfg.video), lut))
     if cfg.jsonl:

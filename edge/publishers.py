@@ -32,13 +32,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
-    """One processed frame: what every publisher receives."""
+    """One processed frame: what every publisher receives. The mask and confidence stay at the scale the model ran
+    at; an output that needs them at the frame's size asks once (`full_mask`), on its own thread when queued."""
 
-    gray: np.ndarray  # uint8 frame as segmented (after --scale/--resize)
-    mask: np.ndarray  # uint8 class ids at the input frame's size
-    confidence: np.ndarray  # float32
-    grid: TerrainGrid
+    gray: np.ndarray  # uint8 frame at the input's size
+    mask: np.ndarray  # uint8 class ids at the model's scale (the input's size when frames are not resized)
+    confidence: np.ndarray  # float32, the mask's size
+    grid: TerrainGrid  # cells in the input's pixels
     latency: float  # seconds from capture to map
+    _full: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def full_mask(self) -> np.ndarray:
+        """The class ids at the input's size (nearest neighbour: every class id stays a class id)."""
+        if "mask" not in self._full:
+            self._full["mask"] = _fit(self.mask, self.gray.shape)
+        return self._full["mask"]
+
+    def full_confidence(self) -> np.ndarray:
+        if "confidence" not in self._full:
+            c = self.confidence
+            self._full["confidence"] = c if c.shape == self.gray.shape else cv2.resize(
+                c, (self.gray.shape[1], self.gray.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return self._full["confidence"]
 
 
 class Publisher(Protocol):
@@ -78,7 +93,7 @@ class Queued:
         self._thread.start()
 
     def publish(self, frame: Frame, result: Result) -> None:
-        result = dataclasses.replace(result, mask=result.mask.copy(), confidence=result.confidence.copy())
+        result = dataclasses.replace(result, mask=result.mask.copy(), confidence=result.confidence.copy(), _full={})
         with self._cond:
             if self.block and len(self._queue) >= self.depth:
                 t0 = time.perf_counter()
@@ -140,23 +155,33 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-class FilePublisher:
-    """`NAME.png` (class ids, 8-bit, input size), `NAME_overlay.png`, optionally `NAME_map.npz`; atomic."""
+MASK_SIZES = ("input", "model")
 
-    def __init__(self, out_dir: Path, lut: np.ndarray, overlay: bool = True, npz: bool = False) -> None:
+
+class FilePublisher:
+    """`NAME.png` (class ids, 8-bit), `NAME_overlay.png`, optionally `NAME_map.npz`; atomic. The mask (and the
+    npz's confidence) at the input's size, or with `mask_size="model"` at the scale the model ran at."""
+
+    def __init__(self, out_dir: Path, lut: np.ndarray, overlay: bool = True, npz: bool = False,
+                 mask_size: str = "input") -> None:
+        if mask_size not in MASK_SIZES:
+            raise ValueError(f"mask size must be one of {', '.join(MASK_SIZES)}, got {mask_size!r}")
         self.out_dir, self.lut, self.overlay, self.npz = Path(out_dir), lut, overlay, npz
+        self.full = mask_size == "input"
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def publish(self, frame: Frame, result: Result) -> None:
-        write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(result.mask))
+        mask = result.full_mask() if self.full else result.mask
+        write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(mask))
         if self.overlay:
-            rgb = overlay(result.gray, _fit(result.mask, result.gray.shape), self.lut)
+            rgb = overlay(result.gray, result.full_mask(), self.lut)
             write_bytes_atomic(self.out_dir / f"{frame.key}_overlay.png",
                                encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
         if self.npz:
             buf = io.BytesIO()
             g = result.grid
-            np.savez_compressed(buf, mask=result.mask, confidence=result.confidence.astype(np.float16),
+            confidence = result.full_confidence() if self.full else result.confidence
+            np.savez_compressed(buf, mask=mask, confidence=confidence.astype(np.float16),
                                 grid_classes=g.classes, grid_fractions=g.fractions, grid_confidence=g.confidence,
                                 grid_cost=g.cost, cell=np.array(g.cell), origin=np.array(g.origin))
             write_bytes_atomic(self.out_dir / f"{frame.key}_map.npz", buf.getvalue())
@@ -193,7 +218,7 @@ class VideoPublisher:
     def publish(self, frame: Frame, result: Result) -> None:
         if self.failed:
             raise RuntimeError(self.failed)
-        rgb = overlay(result.gray, _fit(result.mask, result.gray.shape), self.lut)
+        rgb = overlay(result.gray, result.full_mask(), self.lut)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if self.writer is None:
             self.size = (bgr.shape[1], bgr.shape[0])
@@ -245,7 +270,7 @@ class JsonLinesPublisher:
         g = result.grid
         rec = {
             "type": "map", "key": frame.key, "index": frame.index, "timestamp": round(frame.timestamp, 3),
-            "latency_ms": round(result.latency * 1000, 2), "shape": list(result.mask.shape),
+            "latency_ms": round(result.latency * 1000, 2), "shape": list(result.gray.shape),
             "class_fractions": {n: round(float(v), 4) for n, v in zip(self.class_names, hist, strict=False)},
             "mean_confidence": round(float(result.confidence.mean()), 4),
             "grid": {"cell": list(g.cell), "origin": list(g.origin), "rows": g.shape[0], "cols": g.shape[1],

@@ -16,7 +16,7 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
-from marsseg.edge.terrain import CostTable, terrain_grid
+from marsseg.edge.terrain import CostTable, terrain_grid_at
 from marsseg.edge.tiling import count_tiles
 
 log = logging.getLogger("marsseg.edge")
@@ -221,15 +221,11 @@ class Runtime:
         except (ValueError, RuntimeError, MemoryError) as e:  # one frame's fault must not end the run
             self._bad(frame, f"segmentation failed: {e or type(e).__name__}")
             return
-        mask, conf = seg.mask, seg.confidence
-        if work.shape != gray.shape:
-            size = (gray.shape[1], gray.shape[0])
-            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-            conf = cv2.resize(conf, size, interpolation=cv2.INTER_LINEAR)
-        t2 = time.perf_counter()
-        grid = terrain_grid(mask, conf, (self.cell, self.cell), self.table)
+        t2 = time.perf_counter()  # the map is made at the model's scale; outputs resize what they need themselves
+        grid = terrain_grid_at(seg.mask, seg.confidence, gray.shape, self.cell, self.table)
         t3 = time.perf_counter()
-        result = Result(gray, mask, conf, grid, time.time() - frame.timestamp if self.source.live else t3 - t0)
+        result = Result(gray, seg.mask, seg.confidence, grid,
+                        time.time() - frame.timestamp if self.source.live else t3 - t0)
         for i, p in enumerate(self.publishers):
             try:
                 p.publish(frame, result)
@@ -246,9 +242,9 @@ class Runtime:
         for name, dt in (("capture", waited), ("preprocess", t1 - t0), ("tile", tile), ("invoke", invoke),
                          ("merge", t2 - t1 - tile - invoke), ("map", t3 - t2), ("publish", t4 - t3)):
             st.stage_totals[name] += dt
-        st.class_counts += np.bincount(mask.ravel(), minlength=self.num_classes)[: self.num_classes]
-        if frame.truth is not None and frame.truth.shape == mask.shape:
-            cm = confusion_matrix(frame.truth, mask, self.num_classes)
+        st.class_counts += np.bincount(seg.mask.ravel(), minlength=self.num_classes)[: self.num_classes]
+        if frame.truth is not None and frame.truth.shape == gray.shape:
+            cm = confusion_matrix(frame.truth, result.full_mask(), self.num_classes)
             st.confusion = cm if st.confusion is None else st.confusion + cm
 
     def _scale(self, width: int) -> float:
