@@ -200,8 +200,11 @@ def recipe_section(chain: list[Leg], short: Path | None) -> str:
     export = s.export_dir / "export_report.json"
     int8 = ""
     if export.is_file():
-        r = {x["name"]: x for x in json.loads(export.read_text())["results"]}
-        int8 = f", int8 {r['tflite_int8']['mean_iou']:.4f} (`marsseg-export --model {short}/model.keras`)"
+        e = json.loads(export.read_text())
+        r = {x["name"]: x for x in e["results"]}
+        gate = "passed" if e["passed"] else f"over the {e['budget_points']:g}-point gate, so not publishable"
+        int8 = (f"; int8 {r['tflite_int8']['mean_iou']:.4f}, {e['int8_drop_points']:.2f} points below float ({gate}; "
+                f"`marsseg-export --model {short}/model.keras`)")
     return text + (
         f"  A proportionally shortened run of the full recipe shows every phase working (`{train_command(scfg)}`, "
         f"epoch scale {scfg.epoch_scale:g}, {sm['wall_seconds'] / 60:.0f} min on this CPU): validation tiles float "
@@ -259,7 +262,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
   {export['budget_points']}).
 {adjust_line}  Ops: {", ".join(f"{k} ×{v}" for k, v in export['op_report']['ops'].items())}.
 {frame_level(run)}{robustness}- **Reproduce** (in order; each run's `init_from` is the previous run's
-  `runs/<name>/model.keras`):
+  `runs/<name>/model.keras`; in today's config keys, so a run made before a change to the training code gives a
+  close, not bit-identical, model):
   ```
 {commands}
   marsseg-export --model runs/{run.name}/model.keras

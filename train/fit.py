@@ -342,6 +342,6 @@ def finish(cfg: TrainConfig, run: RunFolder, phases: list[Phase], prep: D.Prepar
         "val_tiles": len(val_x), "backend": keras.backend.backend(), **extra,
     }
     run.write_metrics(metrics)
-    report.plot_curves(run.history, run.curves)
+    report.plot_curves(run.history, run.curves, tuple(p.name for p in phases))
     log.info("run %s: val mean IoU %.4f (%s) in %.0f s", run.path, metrics["mean_iou"],
              ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_class_iou"].items()), wall)

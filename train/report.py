@@ -22,21 +22,33 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history_csv: Path, path: Path) -> None:
-    """Loss and validation mean IoU per epoch, from Keras's CSVLogger output."""
+def plot_curves(history_csv: Path, path: Path, phase_names: tuple[str, ...] = ()) -> None:
+    """Loss and validation mean IoU (clean and through cameras) per epoch of every phase, from history.csv; the
+    phases are numbered on one axis, a dotted line where each begins."""
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = np.arange(1, len(rows) + 1)
+    phases = [int(float(r.get("phase", 0))) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("loss", "val_loss"):
         if key in rows[0]:
             a.plot(epochs, [float(r[key]) for r in rows], label=key)
-    a.set_xlabel("epoch"), a.set_title("loss"), a.legend()
     for key in [k for k in rows[0] if k.startswith("val_iou_") or k in ("val_miou", "val_miou_camera")]:
         b.plot(epochs, [float(r[key]) for r in rows], label=key, lw=2.5 if key.startswith("val_miou") else 1)
-    b.set_xlabel("epoch"), b.set_title("validation IoU (background ignored)"), b.legend(fontsize=8)
+    for ax in (a, b):
+        for i in range(1, len(rows)):
+            if phases[i] != phases[i - 1]:
+                ax.axvline(i + 0.5, color="grey", ls=":", lw=1)
+        if len(set(phases)) > 1:
+            for k in sorted(set(phases)):
+                first = phases.index(k) + 1
+                name = phase_names[k] if k < len(phase_names) else f"phase {k + 1}"
+                ax.text(first, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.set_xlabel("epoch (all phases)")
+    a.set_title("loss"), a.legend()
+    b.set_title("validation IoU (background ignored)"), b.legend(fontsize=8)
     _save(fig, path)
 
 
