@@ -63,6 +63,8 @@ class EdgeConfig:
     cell: int = _opt(16, 1, 4096)
     overlay: bool = True
     mask_size: str = "input"  # saved masks at the input's size or the model's scale (MASK_SIZES)
+    png_level: int = _opt(1, 0, 9, hint="zlib level: 0 stored, 1 fastest, 9 smallest")
+    npz_compress: bool = True
     npz: bool = False
     video: str | None = None
     jsonl: bool = False
@@ -183,6 +185,9 @@ def parse_args(argv: list[str] | None) -> EdgeConfig:
     o.add_argument("--mask-size", choices=MASK_SIZES,
                    help="saved class masks at the input's size (default) or at the scale the model ran at")
     o.add_argument("--npz", action="store_true", default=None, help="also NAME_map.npz (mask, confidence, grid)")
+    o.add_argument("--png-level", type=int, help="PNG zlib level 0-9 (default 1: fastest that compresses)")
+    o.add_argument("--no-npz-compress", dest="npz_compress", action="store_false", default=None,
+                   help="write NAME_map.npz uncompressed (faster, larger)")
     o.add_argument("--video", help="overlay video file (.mp4)")
     o.add_argument("--jsonl", action="store_true", default=None, help="JSON line per frame on stdout")
     o.add_argument("--serial", help="serial port for terrain maps (e.g. /dev/ttyUSB0)")
@@ -278,7 +283,8 @@ def build_and_run(cfg: EdgeConfig) -> int:
     lut = palette(meta.colours)
     publishers = []
     if cfg.output:
-        publishers.append(FilePublisher(Path(cfg.output), lut, cfg.overlay, cfg.npz, cfg.mask_size))
+        publishers.append(FilePublisher(Path(cfg.output), lut, cfg.overlay, cfg.npz, cfg.mask_size, cfg.png_level,
+                                        cfg.npz_compress))
     if cfg.video:
         publishers.append(VideoPublisher(Path(cfg.video), lut))
     if cfg.jsonl:

@@ -148,8 +148,9 @@ class Queued:
             raise self._error
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
+def encode_png(image: np.ndarray, level: int = 1) -> bytes:
+    """PNG bytes at zlib `level` (0 stored … 9 smallest; OpenCV's default 1 is the fastest that compresses)."""
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, level])
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -163,25 +164,26 @@ class FilePublisher:
     npz's confidence) at the input's size, or with `mask_size="model"` at the scale the model ran at."""
 
     def __init__(self, out_dir: Path, lut: np.ndarray, overlay: bool = True, npz: bool = False,
-                 mask_size: str = "input") -> None:
+                 mask_size: str = "input", png_level: int = 1, npz_compress: bool = True) -> None:
         if mask_size not in MASK_SIZES:
             raise ValueError(f"mask size must be one of {', '.join(MASK_SIZES)}, got {mask_size!r}")
         self.out_dir, self.lut, self.overlay, self.npz = Path(out_dir), lut, overlay, npz
+        self.png_level, self.savez = png_level, np.savez_compressed if npz_compress else np.savez
         self.full = mask_size == "input"
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def publish(self, frame: Frame, result: Result) -> None:
         mask = result.full_mask() if self.full else result.mask
-        write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(mask))
+        write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(mask, self.png_level))
         if self.overlay:
             rgb = overlay(result.gray, result.full_mask(), self.lut)
             write_bytes_atomic(self.out_dir / f"{frame.key}_overlay.png",
-                               encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+                               encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), self.png_level))
         if self.npz:
             buf = io.BytesIO()
             g = result.grid
             confidence = result.full_confidence() if self.full else result.confidence
-            np.savez_compressed(buf, mask=mask, confidence=confidence.astype(np.float16),
+            self.savez(buf, mask=mask, confidence=confidence.astype(np.float16),
                                 grid_classes=g.classes, grid_fractions=g.fractions, grid_confidence=g.confidence,
                                 grid_cost=g.cost, cell=np.array(g.cell), origin=np.array(g.origin))
             write_bytes_atomic(self.out_dir / f"{frame.key}_map.npz", buf.getvalue())
