@@ -119,6 +119,8 @@ def test_no_camera_fails_cleanly():
     ([], "no input"),
     (["--source", "x", "--resize", "big"], "WxH"),
     (["--source", "x", "--min-confidence", "1.5"], "--min-confidence must be in [0, 1]"),
+    (["--source", "x", "--png-level", "12"], "--png-level must be in [0, 9]"),
+    (["--source", "x", "--queue", "-1"], "--queue must be in [0, 1024]"),
 ])
 def test_bad_arguments_exit_2(args, message):
     r = run_edge(*args, timeout=60)
