@@ -97,7 +97,9 @@ def blend_window(tile_shape: tuple[int, int]) -> np.ndarray:
 class Merger:
     """Blends per-tile predictions (N, th, tw, C) back into one frame, reusing its buffers.
 
-    Allocate one per frame shape; call `reset()` (or `merge()`, which does it) for every frame.
+    Allocate one per frame shape; call `reset()` (or `merge()`, which does it) for every frame. Where no two tiles
+    overlap (a frame that is a whole number of tiles at overlap 0), every pixel has one tile and the blend is that
+    tile: the tiles are pasted, with no weighting, no division and no clearing between frames.
     """
 
     def __init__(self, grid: TileGrid, channels: int) -> None:
@@ -107,9 +109,12 @@ class Merger:
         hp, wp = grid.padded_shape
         self._acc = np.zeros((hp, wp, channels), dtype=np.float32)
         self._weights = np.zeros((hp, wp, 1), dtype=np.float32)
+        covered = np.zeros((hp, wp), np.int32)
         th, tw = grid.tile_shape
         for y, x in grid.boxes:  # summed weights depend on geometry only: computed once
             self._weights[y : y + th, x : x + tw] += self.window
+            covered[y : y + th, x : x + tw] += 1
+        self.disjoint = bool(covered.max() == 1)
         self._weighted = np.empty((th, tw, channels), dtype=np.float32)
 
     @property
@@ -118,19 +123,24 @@ class Merger:
         return self._weights
 
     def reset(self) -> None:
-        self._acc.fill(0.0)
+        if not self.disjoint:  # pasted tiles overwrite every pixel they own
+            self._acc.fill(0.0)
 
     def add(self, index: int, tile: np.ndarray) -> None:
         """Accumulate tile `index`'s prediction (th, tw, C); order of calls does not matter."""
         y, x = self.grid.boxes[index]
         th, tw = self.grid.tile_shape
+        if self.disjoint:
+            self._acc[y : y + th, x : x + tw] = tile
+            return
         np.multiply(tile, self.window, out=self._weighted)
         self._acc[y : y + th, x : x + tw] += self._weighted
 
     def result(self) -> np.ndarray:
         """Blended prediction cropped to the frame (H, W, C); a view into an internal buffer."""
         h, w = self.grid.frame_shape
-        np.divide(self._acc, self._weights, out=self._acc)
+        if not self.disjoint:
+            np.divide(self._acc, self._weights, out=self._acc)
         return self._acc[:h, :w]
 
     def merge(self, tiles: np.ndarray) -> np.ndarray:

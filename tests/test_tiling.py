@@ -98,3 +98,19 @@ def test_axis_starts_examples():
     assert axis_starts(128, 64, 0) == (0, 64)
     assert axis_starts(64, 64, 0) == (0,)
     assert axis_starts(480, 64, 16) == tuple(round(i * 416 / 9) for i in range(10))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_tiles_that_do_not_overlap_are_pasted_as_the_blend_would_weigh_them(rows, cols, th, tw, seed):
+    """A frame of whole tiles at overlap 0: each pixel has one tile, so pasting equals the weighted blend."""
+    grid = TileGrid((rows * th, cols * tw), (th, tw), (0, 0))
+    tiles = np.random.default_rng(seed).random((len(grid), th, tw, 3), dtype=np.float32)
+    fast, blended = Merger(grid, 3), Merger(grid, 3)
+    assert fast.disjoint
+    blended.disjoint = False  # the general path, for reference
+    out = fast.merge(tiles).copy()
+    np.testing.assert_allclose(out, blended.merge(tiles), rtol=1e-6)
+    fast.merge(np.zeros_like(tiles))  # another frame in between: nothing of it stays behind
+    np.testing.assert_array_equal(fast.merge(tiles), out)
+    assert not Merger(TileGrid((64, 200), (64, 128), (0, 0)), 1).disjoint  # 200 px take two overlapping tiles
