@@ -362,7 +362,8 @@ def print_summary(s: dict) -> None:
     print("class histogram: " + "  ".join(f"{k} {v:.1%}" for k, v in s["class_histogram"].items()), file=out)
     for name, q in s.get("outputs", {}).items():
         print(f"output {name}: published {q['published']}  dropped {q['dropped']}  errors {q['errors']}  "
-              f"waited {q['blocked_s']:.2f} s  slowest capture-to-written {q['latency_ms_max']:.0f} ms", file=out)
+              f"waited {q['blocked_s']:.2f} s  capture to done {q['latency_ms_mean']:.0f} ms mean, "
+              f"{q['latency_ms_max']:.0f} ms max", file=out)
     if "mean_iou" in s:
         print(f"mean IoU vs the clip's masks (background ignored): {s['mean_iou']:.4f}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s["per_class_iou"].items()), file=out)

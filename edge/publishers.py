@@ -68,7 +68,8 @@ class QueueStats:
     dropped: int = 0  # results that waited in a full queue and were replaced by newer ones (drop policy)
     errors: int = 0
     blocked_s: float = 0.0  # time the frame loop waited for a full queue (block policy)
-    latency_ms_max: float = 0.0  # capture to published, the slowest frame
+    latency_ms_mean: float = 0.0  # from the frame's capture (a file: its reading) to this output's done
+    latency_ms_max: float = 0.0
 
 
 class Queued:
@@ -129,9 +130,11 @@ class Queued:
                 error = e
             with self._cond:
                 if error is None:
-                    self.stats.published += 1
+                    st = self.stats
+                    st.published += 1
                     done = (time.time() - frame.timestamp) * 1000
-                    self.stats.latency_ms_max = max(self.stats.latency_ms_max, done)
+                    st.latency_ms_mean += (done - st.latency_ms_mean) / st.published
+                    st.latency_ms_max = max(st.latency_ms_max, done)
                 else:
                     self.stats.errors += 1
                     self._error = error

@@ -1,6 +1,7 @@
 """Publishers on their own thread: a slow output never stalls the frame loop; drops and errors are counted."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def item(i: int, mask: np.ndarray) -> tuple[Frame, Result]:
     mask[...] = i % 5  # the runtime reuses its buffers for the next frame
     conf = np.ones(mask.shape, np.float32)
     grid = terrain_grid(mask, conf, (4, 4), CostTable((float("nan"), 1, 2, 5, float("inf"))))
-    return Frame(f"f{i}", i, 0.0, mask), Result(mask, mask, conf, grid, 0.0)
+    return Frame(f"f{i}", i, time.time(), mask), Result(mask, mask, conf, grid, 0.0)
 
 
 def test_a_stalled_output_drops_its_oldest_results_and_never_blocks_the_loop():
@@ -63,6 +64,7 @@ def test_a_blocking_output_gets_every_result_in_order():
     producer.join()
     q.close()
     assert out.got == [(i, i % 5) for i in range(6)] and q.stats.dropped == 0
+    assert 0 < q.stats.latency_ms_mean <= q.stats.latency_ms_max < 60_000  # from the frames' capture times
 
 
 def test_a_failure_in_the_worker_reaches_the_runtime_on_the_next_publish():
