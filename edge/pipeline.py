@@ -17,6 +17,15 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+def channel_max(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`x.max(-1)` into `out`, one channel at a time: NumPy reduces a short last axis slowly (0.63 ms for a 128x128x5
+    frame here, 0.05 ms this way)."""
+    np.copyto(out, x[..., 0])
+    for c in range(1, x.shape[-1]):
+        np.maximum(out, x[..., c], out=out)
+    return out
+
+
 class _ShapeState:
     """Everything that depends only on the frame shape: grid, tile batch, merger, output buffers."""
 
@@ -60,6 +69,6 @@ class Segmenter:
         blended = st.merger.merge(probs)
         np.argmax(blended, axis=-1, out=st.argmax)
         st.mask[...] = st.argmax
-        np.max(blended, axis=-1, out=st.confidence)
+        channel_max(blended, st.confidence)
         t3 = time.perf_counter()
         return Segmentation(st.mask, st.confidence, {"tile": t1 - t0, "invoke": t2 - t1, "merge": t3 - t2})

@@ -114,3 +114,12 @@ def test_tiles_that_do_not_overlap_are_pasted_as_the_blend_would_weigh_them(rows
     fast.merge(np.zeros_like(tiles))  # another frame in between: nothing of it stays behind
     np.testing.assert_array_equal(fast.merge(tiles), out)
     assert not Merger(TileGrid((64, 200), (64, 128), (0, 0)), 1).disjoint  # 200 px take two overlapping tiles
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_channel_max_is_the_maximum_over_classes(h, w, c, seed):
+    from marsseg.edge.pipeline import channel_max
+
+    x = np.random.default_rng(seed).random((h, w, c), dtype=np.float32)
+    np.testing.assert_array_equal(channel_max(x, np.empty((h, w), np.float32)), x.max(-1))
