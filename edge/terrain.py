@@ -52,17 +52,14 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
         raise ValueError(f"cell size must be positive, got {cell}")
     rows, cols = math.ceil(h / ch), math.ceil(w / cw)
     n = len(table.costs)
-    # pad to whole cells with an id no class has, then count per cell with reshapes (no Python loop per cell)
-    padded = np.full((rows * ch, cols * cw), 255, np.uint8)
-    padded[:h, :w] = mask
-    cells = padded.reshape(rows, ch, cols, cw)
-    counts = np.stack([(cells == k).sum(axis=(1, 3)) for k in range(n)], axis=-1).astype(np.float32)
-    area = np.zeros((rows * ch, cols * cw), np.float32)
-    area[:h, :w] = 1
-    area = area.reshape(rows, ch, cols, cw).sum(axis=(1, 3))
-    conf = np.zeros((rows * ch, cols * cw), np.float32)
-    conf[:h, :w] = confidence
-    conf = conf.reshape(rows, ch, cols, cw).sum(axis=(1, 3)) / area
+    # one bincount over (cell, class) pairs: every pixel once, no pass per class; ids outside the table count as area
+    cell = (np.arange(h) // ch)[:, None] * cols + (np.arange(w) // cw)[None, :]
+    pairs = cell * (n + 1) + np.minimum(mask, n)
+    counts = np.bincount(pairs.ravel(), minlength=rows * cols * (n + 1)).reshape(rows, cols, n + 1)
+    area = counts.sum(-1).astype(np.float32)
+    counts = counts[..., :n].astype(np.float32)
+    conf = (np.bincount(cell.ravel(), confidence.ravel(), minlength=rows * cols).reshape(rows, cols) / area).astype(
+        np.float32)
     fractions = counts / area[..., None]
     costs = np.asarray(table.costs, np.float64)
     known = ~np.isnan(costs)
