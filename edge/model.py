@@ -71,7 +71,7 @@ class TileModel:
     def _quantize(self, tiles: np.ndarray, scale: float, zero_point: int) -> None:
         """pixel -> round((pixel * input_scale + input_offset) / scale) + zero_point, as int8."""
         m = self.meta
-        if np.isclose(m.input_scale / scale, 1.0) and m.input_offset == 0 and -128 <= zero_point <= 127:
+        if abs(m.input_scale / scale - 1.0) < 1e-6 and m.input_offset == 0 and -128 <= zero_point <= 127:
             # the usual case (input scale 1/255): exact integer shift, no float work
             np.add(tiles, zero_point, out=self._in[..., 0], dtype=np.int16, casting="unsafe")
             return
