@@ -172,8 +172,7 @@ class Runtime:
         finally:
             self.stop.set()
             self.watchdog.close()
-            if isinstance(self.source, LiveSource):
-                self.source.close()
+            self.source.close()
             for p in self.publishers:
                 try:
                     p.close()

@@ -125,3 +125,32 @@ def test_watchdog(case, code, line):
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == code, r.stderr
     assert line in r.stderr
+
+
+def test_prefetch_keeps_order_raises_where_the_frame_was_and_stops_its_reader():
+    import threading
+
+    from marsseg.edge.sources import Frame, Prefetch
+
+    closed = threading.Event()
+
+    def frames(fail_at: int):
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise OSError("disk went away")
+                yield Frame(f"f{i}", i, 0.0, None)
+        finally:
+            closed.set()  # a video file would be released here
+
+    assert [f.index for f in Prefetch(frames(-1))] == list(range(10))
+    got = []
+    with pytest.raises(OSError, match="disk went away"):
+        for f in Prefetch(frames(4)):
+            got.append(f.index)
+    assert got == [0, 1, 2, 3]  # every frame read before the fault, in order
+    closed.clear()
+    early = Prefetch(frames(-1), depth=2)
+    assert next(early).index == 0
+    early.close()  # the consumer stops early (max frames, SIGTERM): the reader ends and closes its generator
+    assert closed.is_set()
