@@ -25,7 +25,7 @@ import numpy as np
 from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.render import overlay
 from marsseg.edge.sources import Frame
-from marsseg.edge.terrain import TerrainGrid
+from marsseg.edge.terrain import CostTable, TerrainGrid, terrain_grid
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,24 @@ class Result:
     gray: np.ndarray  # uint8 frame at the input's size
     mask: np.ndarray  # uint8 class ids at the model's scale (the input's size when frames are not resized)
     confidence: np.ndarray  # float32, the mask's size
-    grid: TerrainGrid  # cells in the input's pixels
-    latency: float  # seconds from capture to map
+    grid: TerrainGrid | None = None  # the runtime's map (`grid_at`), cells in the input's pixels
+    latency: float = 0.0  # seconds from capture to map
     _full: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def grid_at(self, cell: int, table: CostTable) -> TerrainGrid:
+        """The terrain grid of `cell`-pixel cells over the frame.
+
+        When a cell is a whole number of mask pixels (a 1024-px navcam frame segmented at 1/8: a 16-px cell is 2×2),
+        the cells are counted on the mask itself: the same classes and fractions as on the mask at the frame's size
+        (nearest), 64× fewer pixels. Otherwise on the frame-size mask and confidence, made once and shared with the
+        outputs. Cell size and origin are in the frame's pixels either way.
+        """
+        (h, w), (fh, fw) = self.mask.shape, self.gray.shape[:2]
+        ch, cw = cell * h / fh, cell * w / fw
+        if ch.is_integer() and cw.is_integer() and ch >= 1 and cw >= 1:
+            return dataclasses.replace(terrain_grid(self.mask, self.confidence, (int(ch), int(cw)), table),
+                                       cell=(cell, cell))
+        return terrain_grid(self.full_mask(), self.full_confidence(), (cell, cell), table)
 
     def full_mask(self) -> np.ndarray:
         """The class ids at the input's size (nearest neighbour: every class id stays a class id)."""

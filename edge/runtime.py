@@ -16,7 +16,7 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
-from marsseg.edge.terrain import CostTable, terrain_grid_at
+from marsseg.edge.terrain import CostTable
 from marsseg.edge.tiling import count_tiles
 
 log = logging.getLogger("marsseg.edge")
@@ -221,10 +221,10 @@ class Runtime:
             self._bad(frame, f"segmentation failed: {e or type(e).__name__}")
             return
         t2 = time.perf_counter()  # the map is made at the model's scale; outputs resize what they need themselves
-        grid = terrain_grid_at(seg.mask, seg.confidence, gray.shape, self.cell, self.table)
+        result = Result(gray, seg.mask, seg.confidence)
+        result.grid = result.grid_at(self.cell, self.table)
         t3 = time.perf_counter()
-        result = Result(gray, seg.mask, seg.confidence, grid,
-                        time.time() - frame.timestamp if self.source.live else t3 - t0)
+        result.latency = time.time() - frame.timestamp if self.source.live else t3 - t0
         for i, p in enumerate(self.publishers):
             try:
                 p.publish(frame, result)

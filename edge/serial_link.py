@@ -21,7 +21,7 @@ import serial
 from marsseg.edge import protocol as P
 from marsseg.edge.publishers import Result
 from marsseg.edge.sources import Frame
-from marsseg.edge.terrain import CostTable, TerrainGrid, terrain_grid_at
+from marsseg.edge.terrain import CostTable, TerrainGrid
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SHARE = 0.1  # of the link kept free for heartbeats and jitter
@@ -96,7 +96,7 @@ class SerialPublisher:
                     self.stats.maps_coarsened += 1
                 return msg
             cell = (grid.cell[0] * 2, grid.cell[1] * 2)
-            grid = terrain_grid_at(result.mask, result.confidence, result.gray.shape, cell[0], self.table)
+            grid = result.grid_at(cell[0], self.table)
         log.warning("map of frame %s does not fit the %d-byte link budget even coarsened; skipped",
                     frame.key, self.budget)
         return None

@@ -10,11 +10,9 @@ corner of the frame (the origin), rows go down and columns right, in image pixel
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 
@@ -74,20 +72,3 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
     return TerrainGrid((ch, cw), (0, 0), fractions.argmax(-1).astype(np.uint8), fractions, conf,
                        cost.astype(np.float32))
 
-
-def terrain_grid_at(mask: np.ndarray, confidence: np.ndarray, frame_shape: tuple[int, int], cell: int,
-                    table: CostTable) -> TerrainGrid:
-    """The grid of `cell`-pixel cells over a frame of `frame_shape`, from a mask at the scale the model ran at.
-
-    When a cell is a whole number of mask pixels (a 1024-px navcam frame segmented at 1/8: a 16-px cell is 2×2),
-    the cells are counted on the mask itself: the same classes and fractions as on the mask brought to the frame's
-    size (nearest), 64× fewer pixels. Otherwise the mask is brought to the frame's size first. Cell size and
-    origin are in the frame's pixels either way.
-    """
-    (h, w), (fh, fw) = mask.shape, frame_shape
-    ch, cw = cell * h / fh, cell * w / fw
-    if (h, w) == (fh, fw) or (ch.is_integer() and cw.is_integer() and ch >= 1 and cw >= 1):
-        return dataclasses.replace(terrain_grid(mask, confidence, (int(ch), int(cw)), table), cell=(cell, cell))
-    size = (fw, fh)
-    return terrain_grid(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
-                        cv2.resize(confidence, size, interpolation=cv2.INTER_LINEAR), (cell, cell), table)

@@ -73,7 +73,7 @@ def test_the_map_made_at_the_models_scale_matches_the_one_made_at_the_frames_siz
     """A 1024-px frame segmented at 1/8 (the navcam at the model's ground scale): counting 16-px cells as 2x2 model
     pixels gives the classes and fractions of the mask brought to the frame's size, confidence within 0.02."""
     import cv2
-    from marsseg.edge.terrain import terrain_grid_at
+    from marsseg.edge.publishers import Result
 
     rng = np.random.default_rng(0)
     mask = cv2.resize(rng.integers(1, 5, (16, 16), dtype=np.uint8), (128, 128), interpolation=cv2.INTER_NEAREST)
@@ -85,7 +85,10 @@ def test_the_map_made_at_the_models_scale_matches_the_one_made_at_the_frames_siz
         return terrain_grid(cv2.resize(m, size, interpolation=cv2.INTER_NEAREST),
                             cv2.resize(c, size, interpolation=cv2.INTER_LINEAR), (16, 16), table)
 
-    before, now = at_frame_size(mask, conf, (1024, 1024)), terrain_grid_at(mask, conf, (1024, 1024), 16, table)
+    def at_model_scale(m, c, shape):
+        return Result(np.zeros(shape, np.uint8), m, c).grid_at(16, table)
+
+    before, now = at_frame_size(mask, conf, (1024, 1024)), at_model_scale(mask, conf, (1024, 1024))
     assert now.cell == before.cell == (16, 16) and now.shape == before.shape == (64, 64)
     np.testing.assert_array_equal(now.classes, before.classes)
     np.testing.assert_allclose(now.fractions, before.fractions, atol=1e-6)
@@ -94,4 +97,4 @@ def test_the_map_made_at_the_models_scale_matches_the_one_made_at_the_frames_siz
     assert same_cost.mean() > 0.97  # only cells whose confidence sits at min_confidence may flip to unknown
     odd = (1000, 750)  # 16 px is not a whole number of model pixels here: counted at the frame's size
     m, c = cv2.resize(mask, (94, 125), interpolation=cv2.INTER_NEAREST), cv2.resize(conf, (94, 125))
-    np.testing.assert_array_equal(terrain_grid_at(m, c, odd, 16, table).classes, at_frame_size(m, c, odd).classes)
+    np.testing.assert_array_equal(at_model_scale(m, c, odd).classes, at_frame_size(m, c, odd).classes)

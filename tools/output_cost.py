@@ -22,7 +22,7 @@ from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import FilePublisher, Result
 from marsseg.edge.render import palette
 from marsseg.edge.sources import Frame
-from marsseg.edge.terrain import CostTable, terrain_grid_at
+from marsseg.edge.terrain import CostTable
 
 from tools.bench import make_frames
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         gray = cv2.imread(str(Path(tmp) / "in" / "f0000.png"), cv2.IMREAD_GRAYSCALE)
         work = cv2.resize(gray, (128, 128 * gray.shape[0] // gray.shape[1]), interpolation=cv2.INTER_AREA)
         seg = Segmenter(model)(work)
-        grid = terrain_grid_at(seg.mask, seg.confidence, gray.shape, 16, CostTable(tuple(model.meta.costs())))
+        grid = Result(gray, seg.mask, seg.confidence).grid_at(16, CostTable(tuple(model.meta.costs())))
         for k, setting in enumerate(SETTINGS):
             out = Path(tmp) / f"out{k}"
             pub = FilePublisher(out, palette(model.meta.colours), **setting)
