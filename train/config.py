@@ -101,8 +101,8 @@ class TrainConfig:
     phases: tuple[dict, ...] = ()  # [{"name": ..., "data": {...}, "optim": {...}, "quant": {...}}, ...]
 
     def __post_init__(self) -> None:
-        for section, cls in SECTIONS.items():  # keyword construction may pass a section as a dict
-            if isinstance(getattr(self, section), dict):
+        for section, cls in SECTIONS.items():  # from_dict and keyword construction pass sections as dicts
+            if not isinstance(getattr(self, section), cls):
                 setattr(self, section, _build(cls, getattr(self, section), section))
         self.phases = tuple(self.phases)
         if self.epoch_scale <= 0:
@@ -212,11 +212,5 @@ def _build(cls: type, values: dict, path: str) -> Any:
         hint = f" (it belongs in {home[0]}: {home[0]}.{key})" if home and not path else ""
         raise ValueError(f"unknown config key {(path + '.' if path else '') + key!r}{hint}; valid keys"
                          f"{' in ' + path if path else ''}: {sorted(fields)}")
-    kwargs = {}
-    for k, v in values.items():
-        if path == "" and k in SECTIONS:
-            v = _build(SECTIONS[k], v, k)
-        elif isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
-    return cls(**kwargs)
+    # sections stay dicts here: TrainConfig.__post_init__ builds them (keyword construction passes dicts too)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
