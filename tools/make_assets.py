@@ -268,7 +268,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
 {commands}
   marsseg-export --model runs/{run.name}/model.keras
   {eval_cmd}
-  python -m tools.make_assets --run runs/{run.name}
+  python -m tools.make_assets --run runs/{run.name}{f" --baseline {baseline}" if baseline else ""}{
+      f" --recipe-run {recipe_run}" if recipe_run else ""}
   ```
 - **Made**: {time.strftime('%Y-%m-%d')}.
 - **Limits**: trained on MSL navcam frames downsampled 8× (1024→128); other cameras or ground scales need
