@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from marsseg.edge.cli import bundled
 from marsseg.edge.model import TileModel
+from marsseg.edge.pipeline import Segmenter
+from marsseg.edge.sources import to_gray, work_size
 from marsseg.edge.tiling import TileGrid
 
 from tools.bench import REPO, base_result, make_frames, say, write_result
@@ -37,13 +39,9 @@ CASES = (  # (frame size, overlap, scale)
 )
 
 
-def work_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    return round(shape[0] * scale), round(shape[1] * scale)
-
-
 def grid_for(model: TileModel, shape: tuple[int, int], overlap: float) -> TileGrid:
-    th, tw = model.tile_shape
-    return TileGrid(shape, (th, tw), (int(th * overlap), int(tw * overlap)))
+    """The runtime's tile positions for a frame of `shape` (its Segmenter turns the overlap into pixels)."""
+    return TileGrid(shape, model.tile_shape, Segmenter(model, overlap).overlap)
 
 
 def edge_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale: float) -> float:
@@ -61,9 +59,8 @@ def naive_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale
     files = sorted(frames.glob("*.png"))
     t0 = time.perf_counter()
     for f in files:
-        frame = img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-        if scale != 1.0:
-            img = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        frame = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        img = to_gray(frame, scale)
         grid = grid_for(m, img.shape, overlap)
         mask = np.zeros(img.shape, np.uint8)
         th, tw = m.tile_shape
@@ -102,17 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             frames = Path(tmp) / f"{shape[0]}x{shape[1]}" / "frames"
             if not frames.is_dir():
                 make_frames(frames, shape, n)
-            tiles = len(grid_for(TileModel(a.model), work_shape(shape, scale), overlap))
+            w, h = work_size(shape, scale)
+            tiles = len(grid_for(TileModel(a.model), (h, w), overlap))
             limit = max(invoke_limit(a.model, tiles, 0.5 if a.quick else 2.0) for _ in range(a.repeats))
             for outputs in (False, True):
-                out = frames.parent / ("out-edge" if outputs else "")
+                out = frames.parent / "out-edge" if outputs else None
                 naive_out = frames.parent / "out-naive" if outputs else None
                 for d in (out, naive_out):
-                    if d and outputs:
+                    if d:
                         d.mkdir(exist_ok=True)
                 # best of `--repeats`: this VM's speed varies up to 2x between runs; the best is the least disturbed
-                edge = max(edge_fps(a.model, frames, out if outputs else None, overlap, scale)
-                           for _ in range(a.repeats))
+                edge = max(edge_fps(a.model, frames, out, overlap, scale) for _ in range(a.repeats))
                 naive = max(naive_fps(a.model, frames, naive_out, overlap, scale) for _ in range(a.repeats))
                 r = {"frame_shape": list(shape), "overlap": overlap, "scale": scale, "tiles_per_frame": tiles,
                      "outputs": outputs, "frames": n, "edge_fps": round(edge, 2), "naive_fps": round(naive, 2),
