@@ -9,6 +9,7 @@ import numpy as np
 from marsseg.edge.io import sha256_file, write_atomic
 from marsseg.edge.spec import NUM_CLASSES
 from marsseg.train import data as D
+from marsseg.train.config import DataConfig
 
 BRIGHTNESS_BINS = 5
 
@@ -40,7 +41,7 @@ def select_calibration(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> np.nd
 
 def make_calibration(data: str, out: Path, n: int = 256, seed: int = 42, val_fraction: float = 0.2) -> dict:
     """Write `out` (.npz: tiles uint8 (n,64,128), names, provenance JSON) from the training side of the split."""
-    prep = D.prepare(data, val_fraction, seed)
+    prep = D.prepare(DataConfig(path=data, val_fraction=val_fraction, seed=seed))
     x, y = D.fixed_tiles(prep.train)
     idx = select_calibration(x, y, n, seed)
     counts = np.bincount(y[idx].ravel(), minlength=NUM_CLASSES)

@@ -218,14 +218,15 @@ def test_train_seed_varies_the_augmentation_stream_and_leaves_the_split_alone(fr
     def first_batch(**kw) -> np.ndarray:
         cfg = TrainConfig(data={"path": str(frames_file), "photometric": 0.2}, optim={"batch_size": 8}, **kw)
         d = cfg.data
-        return TrainTiles(D.prepare(d.path, d.val_fraction, d.seed).train, cfg.phase_configs()[0],
+        return TrainTiles(D.prepare(d).train, cfg.phase_configs()[0],
                           (cfg.training_seed, 0))[0][0]
 
     assert TrainConfig(data={"seed": 7}).training_seed == 7
     assert TrainConfig(data={"seed": 7}, train_seed=3).training_seed == 3
     np.testing.assert_array_equal(first_batch(), first_batch(train_seed=42))  # unset: the split seed
     assert not np.array_equal(first_batch(), first_batch(train_seed=43))  # a continued run can draw new crops
-    split = [D.prepare(frames_file, 0.2, 42).val.names.tolist() for _ in range(2)]
+    split = [D.prepare(TrainConfig(data={"path": str(frames_file)}, train_seed=s).data).val.names.tolist()
+             for s in (1, 2)]
     assert split[0] == split[1]
 
 

@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.make_assets import PROVENANCE
 
     cfg = TrainConfig.load(a.config)
-    d = cfg.data
-    x, _ = D.fixed_tiles(D.prepare(a.data, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats).train)
+    x, _ = D.fixed_tiles(D.prepare(cfg.data, a.data).train)
     pick = np.sort(np.random.default_rng(0).choice(len(x), size=min(a.tiles, len(x)), replace=False))
     model = rebuild(a.model, cfg.model, x[pick], np.asarray(a.offsets or [0.0] * 5, np.float32))
     a.out.parent.mkdir(parents=True, exist_ok=True)

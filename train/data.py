@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE, exposure_lut
+from marsseg.train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +201,15 @@ class Prepared:
     val: Dataset
 
 
-def prepare(path: str | os.PathLike | None, val_fraction: float, seed: int, limit_frames: int = 0,
-            outlier_min_repeats: int = 10) -> Prepared:
-    """Load, clean and split by frame (a run's `data` section): what training, export and adjustment share."""
-    path = resolve_data_path(path)
+def prepare(d: DataConfig, path: str | os.PathLike | None = None) -> Prepared:
+    """Load, clean and split by frame as a run's `data` section says (from `path` instead of `d.path` when given):
+    what training, export, calibration and adjustment share."""
+    path = resolve_data_path(path or d.path)
     ds = load_dataset(path)
-    if limit_frames:
-        ds = ds.subset(np.arange(min(limit_frames, len(ds))))
-    ds, cleaning = clean(ds, outlier_min_repeats)
-    train_idx, val_idx = split_by_frame(ds, val_fraction, seed)
+    if d.limit_frames:
+        ds = ds.subset(np.arange(min(d.limit_frames, len(ds))))
+    ds, cleaning = clean(ds, d.outlier_min_repeats)
+    train_idx, val_idx = split_by_frame(ds, d.val_fraction, d.seed)
     return Prepared(path, cleaning, ds.subset(train_idx), ds.subset(val_idx))
 
 

@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
                                      "init_from)")
     phases = cfg.phase_configs()
     d = cfg.data
-    prep = D.prepare(d.path, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats)
+    prep = D.prepare(d)
     val_x, val_y = D.fixed_tiles(prep.val)
     camera_x = D.camera_validation(prep.val, d.seed)
     log.info("frames: %d train / %d val (%d val tiles); %d phase(s): %s", len(prep.train), len(prep.val),

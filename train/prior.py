@@ -133,7 +133,7 @@ def adjust_run(run_dir: Path, data: str | None = None, sample: int = SAMPLE_TILE
         raise ValueError(f"--output {output} exists; name a new folder")
     cfg = run.config()
     d = cfg.data
-    prep = D.prepare(data or d.path, d.val_fraction, d.seed, d.limit_frames, d.outlier_min_repeats)
+    prep = D.prepare(d, data)
     if prep.val.names.tolist() != run.split()["val_names"]:
         raise ValueError(f"the split rebuilt from {prep.path} differs from {run.split_path}; pass the run's data")
     model = keras.saving.load_model(run.model, compile=False)
