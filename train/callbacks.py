@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from marsseg.edge.io import write_atomic
 from marsseg.edge.metrics import confusion_matrix, scores
-from marsseg.train import checkpoint
+from marsseg.train import checkpoint, cluster
 from marsseg.train.scoring import predict_classes
 
 log = logging.getLogger("marsseg.train.fit")
@@ -159,6 +159,6 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         now = time.monotonic()
-        if now + (now - self.epoch_started) > self.deadline:
+        if cluster.any_process(now + (now - self.epoch_started) > self.deadline):
             log.info("time budget: pausing after epoch %d (the next would end past the budget)", epoch + 1)
             self.model.stop_training = self.fired = True

@@ -5,6 +5,7 @@ Examples:
   marsseg-train --config train/configs/default.json --epoch-scale 0.1  # every phase 10x shorter (a CPU)
   marsseg-train --set model.arch=dense-unet --set optim.loss=wce --set model.dense_widths=[16,32,64,128]
   marsseg-train --resume runs/default-v19          # continue an interrupted (or paused) run where it stopped
+  KERAS_BACKEND=jax marsseg-train --coordinator node0:7777 --num-processes 2 --process-id 0   # one of 2 workers
 
 Exit status: 0 finished, 2 bad input, 3 paused at its time budget (resume it), 130 interrupted (resume it).
 """
@@ -25,6 +26,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
 FLAGS = {"data": ("data.path", str), "out_dir": ("out_dir", str), "run_name": ("run_name", str),
          "epoch_scale": ("epoch_scale", float), "time_budget_min": ("time_budget_min", float),
          "batch_size": ("optim.batch_size", int), "limit_frames": ("data.limit_frames", int)}
+LEG = ("data", "time_budget_min")  # what a resumed run may change: where its data is, how long this leg runs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override any config key, value as JSON (e.g. optim.learning_rate=1e-4, "
                         "model.fine_widths=[16,32,64])")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue this run from its last epoch (its own config.json; only --data may be given)")
+                   help="continue this run from its last epoch (its own config.json; only --data and --time-budget-min "
+                        "may be given)")
+    job = p.add_argument_group("several processes (one data-parallel job on Keras' JAX backend; or TF_CONFIG)")
+    job.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, the chief")
+    job.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    job.add_argument("--process-id", type=int, metavar="K", help="this process, 0..N-1")
     return p.parse_args(argv)
 
 
@@ -55,15 +62,18 @@ def set_key(values: dict, key: str, value) -> None:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     if args.resume:
-        others = [f"--{k.replace('_', '-')}" for k in given if k != "data"] + (["--set"] if args.set else [])
+        others = [f"--{k.replace('_', '-')}" for k in given if k not in LEG] + (["--set"] if args.set else [])
         if args.config or others:
             raise ValueError(f"--resume continues the run with its own config.json; drop {others or ['--config']}")
+        from marsseg.train import cluster
         from marsseg.train.run import RunFolder
 
-        cfg = RunFolder(args.resume).config()
+        cfg = RunFolder(cluster.own_folder(args.resume)).config()
         cfg.out_dir, cfg.run_name = str(args.resume.parent), args.resume.name
         if args.data:
             cfg.data.path = args.data
+        if args.time_budget_min is not None:
+            cfg.time_budget_min = args.time_budget_min
         return cfg
     values = json.loads((args.config or DEFAULT_CONFIG).read_text())
     for name, v in given.items():
@@ -92,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     from marsseg.train.data import DataError
 
     try:
+        from marsseg.train import cluster
+
+        cluster.join(cluster.describe(args.coordinator, args.num_processes, args.process_id))
         cfg = build_config(args)
         from marsseg.train.fit import Paused, train
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from marsseg.edge.io import sha256_file, write_atomic
 from marsseg.edge.spec import preprocess
-from marsseg.train import checkpoint, prior, quant
+from marsseg.train import checkpoint, cluster, prior, quant
 from marsseg.train import data as D
 from marsseg.train.callbacks import BestCheckpoint, EmaSwap, ResumeCheckpoint, TimeBudget, ValidationIoU
 from marsseg.train.config import Phase, TrainConfig
@@ -90,8 +90,9 @@ class TrainTiles(keras.utils.PyDataset):
         if self.epoch is None:
             self._make(self.first_epoch)
         x, y, soft = self.epoch
-        b = self.phase.optim.batch_size
-        s = slice(i * b, (i + 1) * b)
+        b, n = self.phase.optim.batch_size, len(x)
+        share = (min((i + 1) * b, n) - i * b) // cluster.process_count()  # every process makes the same epoch
+        s = slice(i * b + cluster.process_index() * share, i * b + (cluster.process_index() + 1) * share)
         if soft is None:
             return preprocess(x[s]), y[s].astype(np.int32)
         return preprocess(x[s]), np.concatenate([y[s, ..., None], soft[s]], axis=-1, dtype=np.float32)
@@ -105,10 +106,13 @@ def device_scope():
     if keras.backend.backend() == "jax":
         import jax
 
-        devices = jax.devices()
+        devices = jax.devices()  # of every process in a job of several (`cluster`)
         if len(devices) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-            log.info("training data-parallel on %d %s devices (JAX)", len(devices), devices[0].platform)
+            dist = keras.distribution.DataParallel(devices=devices)
+            dist.auto_shard_dataset = False  # TrainTiles feeds each process its share itself
+            keras.distribution.set_distribution(dist)
+            log.info("training data-parallel on %d %s devices (JAX)%s", len(devices), devices[0].platform,
+                     f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             try:
                 yield
             finally:
@@ -192,7 +196,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
         for k in range(first, len(phases)):
             run_phase(cfg, run, phases, k, prep.train, (val_x, val_y, camera_x), saved if k == first else None,
                       budget)
-            if budget is not None and budget.fired:
+            unfinished = k + 1 < len(phases) or not run.phase_model(k, phases[k].name).is_file()
+            if budget is not None and budget.fired and unfinished:
                 raise Paused(f"time budget of {cfg.time_budget_min:g} min reached in phase {phases[k].name!r}")
     finish(cfg, run, phases, prep, (val_x, val_y), resume)
     return run

@@ -29,6 +29,7 @@ from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, preprocess
 from marsseg.train import quant
 from marsseg.train.data import DataError, fixed_tiles
+from marsseg.train.scoring import answer_batch
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def log_probs(model: keras.Model, tiles: np.ndarray, batch_size: int = 64, strid
     """Log softmax outputs (N, H/stride, W/stride, C) of uint8 tiles, subsampled to bound memory."""
     out = []
     for i in range(0, len(tiles), batch_size):
-        p = np.asarray(model.predict_on_batch(preprocess(tiles[i : i + batch_size])), np.float32)
+        p = answer_batch(model, preprocess(tiles[i : i + batch_size])).astype(np.float32, copy=False)
         out.append(np.log(np.maximum(p[:, ::stride, ::stride], 1e-7)))
     return np.concatenate(out)
 

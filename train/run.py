@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.edge.io import write_text_atomic
+from marsseg.train import cluster
 from marsseg.train import data as D
 from marsseg.train.config import TrainConfig
 
@@ -37,7 +38,8 @@ class RunFolder:
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> RunFolder:
-        return cls(Path(cfg.out_dir) / cfg.run_name)
+        """The run `cfg` names, as this process keeps it (a worker of a job of several: its copy, `cluster`)."""
+        return cls(cluster.own_folder(Path(cfg.out_dir) / cfg.run_name))
 
     @property
     def name(self) -> str:

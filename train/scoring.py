@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import keras
 import numpy as np
 from marsseg.edge.metrics import confusion_matrix, scores
 from marsseg.edge.spec import CLASS_NAMES, preprocess
+from marsseg.train import cluster
 
 
 def data_parallel_devices() -> int:
@@ -24,8 +26,42 @@ def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> 
     n, k = len(x), data_parallel_devices()
     if k > 1 and (n % batch_size) % k:
         x = np.concatenate([x, np.zeros((k - n % batch_size % k, *x.shape[1:]), x.dtype)])
-    probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)[:n]
+    if _spans_processes():
+        probs = np.concatenate([answer_batch(model, preprocess(x[i : i + batch_size]))
+                                for i in range(0, len(x), batch_size)])[:n]
+    else:
+        probs = model.predict(preprocess(x), batch_size=batch_size, verbose=0)[:n]
     return probs.argmax(-1).astype(np.uint8), probs
+
+
+def _spans_processes() -> bool:
+    """Whether the model's variables live on the devices of several processes (a distributed job's training)."""
+    return cluster.process_count() > 1 and keras.distribution.distribution() is not None
+
+
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def answer_batch(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's output for one preprocessed batch, as NumPy. In a job of several processes
+    (`cluster`) every process passes the same whole batch, feeds its share and gets the whole answer back (Keras'
+    own predict returns arrays that span other processes' devices, which NumPy cannot read)."""
+    if not _spans_processes():
+        return np.asarray(model.predict_on_batch(x))
+    import jax
+    from jax.experimental import multihost_utils
+
+    if model not in _FORWARD:
+        _FORWARD[model] = jax.jit(lambda tv, ntv, b: model.stateless_call(tv, ntv, b, training=False)[0])
+    n = len(x)
+    x = np.concatenate([x, np.zeros((-n % data_parallel_devices(), *x.shape[1:]), x.dtype)])  # equal shares
+    share = len(x) // cluster.process_count()
+    layout = keras.distribution.distribution().get_data_layout(x.shape).backend_layout
+    local = x[cluster.process_index() * share : (cluster.process_index() + 1) * share]
+    out = _FORWARD[model]([v.value for v in model.trainable_variables],
+                          [v.value for v in model.non_trainable_variables],
+                          jax.make_array_from_process_local_data(layout, local))
+    return np.asarray(multihost_utils.process_allgather(out, tiled=True))[:n]
 
 
 def mean_iou(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 64) -> float:
