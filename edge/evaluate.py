@@ -28,36 +28,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from marsseg.edge.degrade import BY_NAME, SUITE, corrupt_frames
-from marsseg.edge.interpreter import ModelError
-from marsseg.edge.io import write_bytes_atomic, write_text_atomic
-from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.core.degrade import BY_NAME, SUITE, corrupt_frames
+from marsseg.core.frames import load_frames
+from marsseg.core.interpreter import ModelError
+from marsseg.core.io import write_bytes_atomic, write_text_atomic
+from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import encode_png
 from marsseg.edge.terrain import CostTable, terrain_grid
 
 log = logging.getLogger("marsseg.eval")
-
-
-def load_frames(path: Path, names_file: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            frames, masks = z["frames"], z["masks"]
-            names = z["names"].astype(str) if "names" in z.files else np.arange(len(frames)).astype(str)
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: expected an .npz with 'frames' and 'masks' ({e})") from e
-    if frames.shape != masks.shape or frames.ndim != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"{path}: frames {frames.dtype} {frames.shape} and masks {masks.shape} must be uint8 "
-                         "(N, H, W) of equal shape")
-    if names_file is not None:
-        d = json.loads(names_file.read_text())
-        wanted = set(d["val_names"] if isinstance(d, dict) else d)
-        keep = np.array([n in wanted for n in names])
-        if not keep.any():
-            raise ValueError(f"none of the names in {names_file} are in {path}")
-        frames, masks, names = frames[keep], masks[keep], names[keep]
-    return frames, masks, names
 
 
 def confusion_png(cm: np.ndarray, names: tuple[str, ...], title: str) -> bytes:
@@ -220,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
-        frames, masks, _ = load_frames(a.data, a.names)
+        ds = load_frames(a.data, names_file=a.names)
+        frames, masks = ds.frames, ds.masks
         results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence)) for o in a.overlap]
         study = corruption_study(model, frames, masks, results[0], corruptions, a.seed) if corruptions else None
     except (ModelError, ValueError, OSError) as e:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import serial
+from marsseg.core.io import write_bytes_atomic
 from marsseg.edge import protocol as P
 from marsseg.edge.cli import OneLineParser
-from marsseg.edge.io import write_bytes_atomic
 from marsseg.edge.serial_link import Receiver
 
 log = logging.getLogger("marsseg.listen")
@@ -37,7 +37,8 @@ def describe(msg: P.Message) -> dict:
         return {"type": "heartbeat", **base, **d}
     rows, cols = msg.classes.shape
     hist = np.bincount(msg.classes.ravel(), minlength=msg.num_classes) / msg.classes.size
-    return {"type": "grid", **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
+    kind = "ground" if isinstance(msg, P.GroundMessage) else "grid"  # ground: cell and origin in mm, rover frame
+    return {"type": kind, **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
             "encoding": P.ENCODING_NAMES[msg.encoding], "classes": msg.classes.tolist(),
             "cost": msg.cost.tolist(), "class_fractions": [round(float(x), 3) for x in hist],
             "lethal_cells": int((msg.cost == P.COST_LETHAL).sum())}
@@ -48,15 +49,17 @@ def human(d: dict) -> str:
         return (f"heartbeat seq={d['seq']} fps={d['fps']:.1f} frames={d['frames']} dropped={d['dropped']} "
                 f"errors={d['errors']} maps sent/skipped={d['maps_sent']}/{d['maps_skipped']} "
                 f"model={d['model_id']} up={d['uptime_s']}s")
-    return (f"grid seq={d['seq']} frame={d['frame_id']} {d['rows']}x{d['cols']} cells of {d['cell'][0]}x{d['cell'][1]} "
-            f"px ({d['encoding']}) classes={d['class_fractions']} lethal={d['lethal_cells']}")
+    size = f"{d['cell'][0] / 1000:g} m" if d["type"] == "ground" else f"{d['cell'][0]}x{d['cell'][1]} px"
+    return (f"{d['type']} seq={d['seq']} frame={d['frame_id']} {d['rows']}x{d['cols']} cells of {size} "
+            f"({d['encoding']}) classes={d['class_fractions']} lethal={d['lethal_cells']}")
 
 
 def save_grid(msg: P.GridMessage, out_dir: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, classes=msg.classes, confidence=msg.confidence, cost=P.byte_to_cost(msg.cost),
                         cell=np.array(msg.cell), origin=np.array(msg.origin))
-    write_bytes_atomic(out_dir / f"grid_{msg.header.frame_id:08d}_{msg.header.seq:08d}.npz", buf.getvalue())
+    kind = "ground" if isinstance(msg, P.GroundMessage) else "grid"
+    write_bytes_atomic(out_dir / f"{kind}_{msg.header.frame_id:08d}_{msg.header.seq:08d}.npz", buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

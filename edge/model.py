@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge import interpreter as it
-from marsseg.edge.metadata import ModelMetadata, check_model, load_metadata, metadata_path
+from marsseg.core import interpreter as it
+from marsseg.core.metadata import ModelMetadata, check_model, load_metadata, metadata_path
 
 
 class TileModel:

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from marsseg.core.tiling import Merger, TileGrid
 from marsseg.edge.model import TileModel
-from marsseg.edge.tiling import Merger, TileGrid
 
 
 @dataclass

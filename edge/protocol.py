@@ -22,11 +22,12 @@ MAX_PAYLOAD = 16384
 MAX_FRAME = HEADER.size + MAX_PAYLOAD + CRC.size  # unstuffed
 MAX_WIRE = MAX_FRAME + MAX_FRAME // 254 + 3  # COBS overhead + the two delimiters
 
-TYPE_GRID, TYPE_HEARTBEAT = 1, 2
+TYPE_GRID, TYPE_HEARTBEAT, TYPE_GROUND = 1, 2, 3
 ENC_RAW, ENC_RLE, ENC_PLANES = 0, 1, 2
 ENCODING_NAMES = {ENC_RAW: "raw", ENC_RLE: "rle", ENC_PLANES: "per-plane"}
 PLANE_HEAD = struct.Struct("<BH")  # per-plane encoding (raw/RLE), byte length
 GRID_HEAD = struct.Struct("<HHHHhhBB")  # rows, cols, cell_h, cell_w, origin_row, origin_col, encoding, classes
+GROUND_HEAD = struct.Struct("<HHHiiBB")  # rows, cols, cell_mm, origin_x_mm, origin_y_mm, encoding, classes
 HEARTBEAT = struct.Struct("<fIIIIII8s")  # fps, frames, dropped, errors, maps_sent, maps_skipped, uptime_s, model_id
 COST_SCALE = 10  # cost byte = round(cost * 10) for costs 0..25.3
 COST_LETHAL, COST_UNKNOWN = 254, 255
@@ -165,16 +166,30 @@ class GridMessage:
         if rows * cols <= 0xFFFF:  # the plane length field is u16
             candidates.append((ENC_PLANES, b"".join(_plane_chunk(p) for p in planes)))
         self.encoding, body = min(candidates, key=lambda c: len(c[1]))
-        return GRID_HEAD.pack(rows, cols, *self.cell, *self.origin, self.encoding, self.num_classes) + body
+        try:
+            return self._pack_head(rows, cols) + body
+        except struct.error as e:
+            raise ProtocolError(f"{type(self).__name__} head out of range (cell {self.cell}, origin {self.origin}): "
+                                f"{e}") from e
+
+    def _pack_head(self, rows: int, cols: int) -> bytes:
+        return GRID_HEAD.pack(rows, cols, *self.cell, *self.origin, self.encoding, self.num_classes)
+
+    @classmethod
+    def _unpack_head(cls, payload: bytes) -> tuple[int, int, tuple[int, int], tuple[int, int], int, int, int]:
+        """rows, cols, cell, origin, encoding, classes, head size."""
+        rows, cols, ch, cw, orow, ocol, enc, ncls = GRID_HEAD.unpack_from(payload)
+        return rows, cols, (ch, cw), (orow, ocol), enc, ncls, GRID_HEAD.size
 
     @classmethod
     def parse(cls, header: Header, payload: bytes) -> GridMessage:
-        if len(payload) < GRID_HEAD.size:
-            raise ValueError("grid payload shorter than its head")
-        rows, cols, ch, cw, orow, ocol, enc, ncls = GRID_HEAD.unpack_from(payload)
-        if rows == 0 or cols == 0 or ch == 0 or cw == 0 or ncls == 0:
-            raise ValueError(f"grid of {rows}x{cols} cells of {ch}x{cw} px, {ncls} classes: empty")
-        body, n = payload[GRID_HEAD.size :], rows * cols
+        try:
+            rows, cols, cell, origin, enc, ncls, head = cls._unpack_head(payload)
+        except struct.error:
+            raise ValueError(f"{cls.__name__} payload shorter than its head") from None
+        if rows == 0 or cols == 0 or min(cell) == 0 or ncls == 0:
+            raise ValueError(f"grid of {rows}x{cols} cells of {cell[0]}x{cell[1]}, {ncls} classes: empty")
+        body, n = payload[head:], rows * cols
         if enc == ENC_RLE:
             body = rle_decode(body, 3 * n)
         elif enc == ENC_PLANES:
@@ -182,7 +197,22 @@ class GridMessage:
         elif enc != ENC_RAW or len(body) != 3 * n:
             raise ValueError(f"grid body: encoding {enc}, {len(body)} bytes for {rows}x{cols} cells")
         planes = np.frombuffer(body, np.uint8).reshape(3, rows, cols)
-        return cls(header, (ch, cw), (orow, ocol), ncls, planes[0].copy(), planes[1].copy(), planes[2].copy(), enc)
+        return cls(header, cell, origin, ncls, planes[0].copy(), planes[1].copy(), planes[2].copy(), enc)
+
+
+@dataclass
+class GroundMessage(GridMessage):
+    """Ground cost map (type 3): the same three planes, on the ground in the rover frame (x forward, y left).
+    `cell` is (cell_mm, cell_mm); `origin` is (x_mm, y_mm) of cell (0, 0)'s corner; row i runs along x, column j
+    along y."""
+
+    def _pack_head(self, rows: int, cols: int) -> bytes:
+        return GROUND_HEAD.pack(rows, cols, self.cell[0], *self.origin, self.encoding, self.num_classes)
+
+    @classmethod
+    def _unpack_head(cls, payload: bytes) -> tuple[int, int, tuple[int, int], tuple[int, int], int, int, int]:
+        rows, cols, cell, ox, oy, enc, ncls = GROUND_HEAD.unpack_from(payload)
+        return rows, cols, (cell, cell), (ox, oy), enc, ncls, GROUND_HEAD.size
 
 
 def _plane_chunk(plane: bytes) -> bytes:
@@ -246,8 +276,8 @@ class HeartbeatMessage:
         return math.isfinite(self.fps) and self.fps >= 0
 
 
-Message = GridMessage | HeartbeatMessage
-PARSERS = {TYPE_GRID: GridMessage.parse, TYPE_HEARTBEAT: HeartbeatMessage.parse}
+Message = GridMessage | GroundMessage | HeartbeatMessage
+PARSERS = {TYPE_GRID: GridMessage.parse, TYPE_HEARTBEAT: HeartbeatMessage.parse, TYPE_GROUND: GroundMessage.parse}
 
 
 def encode(msg: Message) -> bytes:

@@ -22,7 +22,9 @@ from typing import Protocol, TextIO
 
 import cv2
 import numpy as np
-from marsseg.edge.io import write_bytes_atomic
+from marsseg.core.io import write_bytes_atomic
+from marsseg.edge.config import MASK_SIZES
+from marsseg.edge.ground import GroundGrid
 from marsseg.edge.render import overlay
 from marsseg.edge.sources import Frame
 from marsseg.edge.terrain import CostTable, TerrainGrid, terrain_grid
@@ -40,6 +42,7 @@ class Result:
     confidence: np.ndarray  # float32, the mask's size
     grid: TerrainGrid | None = None  # the runtime's map (`grid_at`), cells in the input's pixels
     latency: float = 0.0  # seconds from capture to map
+    ground: GroundGrid | None = None  # the ground cost map in metres (`--camera-height`), else None
     _full: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def grid_at(self, cell: int, table: CostTable) -> TerrainGrid:
@@ -174,7 +177,6 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     return buf.tobytes()
 
 
-MASK_SIZES = ("input", "model")
 
 
 class FilePublisher:
@@ -201,9 +203,15 @@ class FilePublisher:
             buf = io.BytesIO()
             g = result.grid
             confidence = result.full_confidence() if self.full else result.confidence
+            ground = {}
+            if result.ground is not None:
+                gg = result.ground
+                ground = {"ground_classes": gg.classes, "ground_fractions": gg.fractions,
+                          "ground_confidence": gg.confidence, "ground_cost": gg.cost, "ground_seen": gg.seen,
+                          "ground_cell_m": np.float32(gg.cell), "ground_origin_m": np.array(gg.origin)}
             self.savez(buf, mask=mask, confidence=confidence.astype(np.float16),
-                                grid_classes=g.classes, grid_fractions=g.fractions, grid_confidence=g.confidence,
-                                grid_cost=g.cost, cell=np.array(g.cell), origin=np.array(g.origin))
+                       grid_classes=g.classes, grid_fractions=g.fractions, grid_confidence=g.confidence,
+                       grid_cost=g.cost, cell=np.array(g.cell), origin=np.array(g.origin), **ground)
             write_bytes_atomic(self.out_dir / f"{frame.key}_map.npz", buf.getvalue())
 
     def close(self) -> None:
@@ -296,6 +304,11 @@ class JsonLinesPublisher:
             "grid": {"cell": list(g.cell), "origin": list(g.origin), "rows": g.shape[0], "cols": g.shape[1],
                      "classes": g.classes.tolist(), "cost": [[_json_float(float(c)) for c in r] for r in g.cost]},
         }
+        if result.ground is not None:
+            gg = result.ground
+            rec["ground"] = {"cell_m": gg.cell, "origin_m": list(gg.origin), "rows": gg.classes.shape[0],
+                             "cols": gg.classes.shape[1], "classes": gg.classes.tolist(),
+                             "cost": [[_json_float(float(c)) for c in r] for r in gg.cost]}
         self.stream.write(json.dumps(rec) + "\n")
         self.stream.flush()
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.core.metrics import confusion_matrix, scores
+from marsseg.core.tiling import count_tiles
+from marsseg.edge.config import EdgeConfig
+from marsseg.edge.ground import GroundProjector
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
 from marsseg.edge.terrain import CostTable
-from marsseg.edge.tiling import count_tiles
 
 log = logging.getLogger("marsseg.edge")
 STAGES = ("capture", "preprocess", "tile", "invoke", "merge", "map", "publish")
@@ -111,28 +113,36 @@ class RunStats:
 
 class Runtime:
     def __init__(self, source: FileSource | LiveSource, segmenter: Segmenter, publishers: list[Publisher],
-                 table: CostTable, cell: int, scale: float | None = None, size: tuple[int, int] | None = None,
-                 log_interval: float = 5.0, watchdog: Watchdog | None = None, max_frames: int = 0,
-                 fov: float | None = None, max_tiles: int = 0, fail_after: float = 0.0) -> None:
-        """Frames are resized to `size` (WxH), else by `scale`, else by the camera's `fov` to the model's ground
-        scale (its metadata's `deg_per_pixel`), else run as they come. Frames needing more than `max_tiles`
-        tiles are refused (memory budget); when every publisher has failed for `fail_after` seconds the run
-        ends with OUTPUTS_FAILED_EXIT."""
+                 table: CostTable, cfg: EdgeConfig, watchdog: Watchdog | None = None) -> None:
+        """What the loop uses of `cfg`: frames are resized to `resize` (WxH), else by `scale`, else by the
+        camera's `fov` to the model's ground scale (its metadata's `deg_per_pixel`), else run as they come;
+        frames needing more than `max_tiles` tiles are refused (memory budget); the terrain grid has `cell`-px
+        cells; stats every `log_interval` s; `max_frames`; when every publisher has failed for `fail_after`
+        seconds the run ends with OUTPUTS_FAILED_EXIT."""
         self.source, self.segmenter, self.publishers = source, segmenter, publishers
-        self.table, self.cell, self.scale, self.size, self.fov = table, cell, scale, size, fov
+        self.table, self.cell, self.scale, self.size, self.fov = table, cfg.cell, cfg.scale, cfg.frame_size(), cfg.fov
         self.deg_per_pixel = segmenter.model.meta.deg_per_pixel
-        if fov is not None and scale is None and size is None and not self.deg_per_pixel:
+        if self.fov is not None and self.scale is None and self.size is None and not self.deg_per_pixel:
             raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
                              "not record one (exported before it was); pass --scale or --resize instead")
         self._warned_fine = False
-        self.log_interval, self.max_frames = log_interval, max_frames
+        self.log_interval, self.max_frames = cfg.log_interval, cfg.max_frames
         self.watchdog = watchdog or Watchdog(0)
-        self.max_tiles, self.fail_after = max_tiles, fail_after
+        self.max_tiles, self.fail_after = cfg.max_tiles, cfg.fail_after
+        self.ground = cfg.ground()  # (geometry, layout) of the ground cost map, or None
+        self._projectors: dict[tuple[int, int], GroundProjector] = {}  # one per mask size, geometry done once
         self.num_classes = segmenter.model.meta.num_classes
         self.stats = RunStats(class_counts=np.zeros(self.num_classes, np.int64))
         self.stop = threading.Event()
         self.throttle = Throttle()
         self._failing_since: dict[int, float] = {}  # publisher index -> when its current run of failures began
+
+    def _projector(self, shape: tuple[int, int]) -> GroundProjector:
+        """The mask's pixels are the frame's, resized: the camera's field of view spans the mask's width."""
+        size = (shape[1], shape[0])
+        if size not in self._projectors:
+            self._projectors[size] = GroundProjector(*self.ground, size)
+        return self._projectors[size]
 
     def status(self) -> dict:
         """Counters for heartbeats."""
@@ -223,6 +233,8 @@ class Runtime:
         t2 = time.perf_counter()  # the map is made at the model's scale; outputs resize what they need themselves
         result = Result(gray, seg.mask, seg.confidence)
         result.grid = result.grid_at(self.cell, self.table)
+        if self.ground is not None:
+            result.ground = self._projector(seg.mask.shape)(seg.mask, seg.confidence, self.table)
         t3 = time.perf_counter()
         result.latency = time.time() - frame.timestamp if self.source.live else t3 - t0
         for i, p in enumerate(self.publishers):

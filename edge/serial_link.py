@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import serial
 from marsseg.edge import protocol as P
+from marsseg.edge.ground import GroundGrid
 from marsseg.edge.publishers import Result
 from marsseg.edge.sources import Frame
 from marsseg.edge.terrain import CostTable, TerrainGrid
@@ -37,10 +38,15 @@ def map_budget(baud: int, map_rate: float) -> int:
     return int(bytes_per_second(baud) * (1 - HEARTBEAT_SHARE) / map_rate)
 
 
-def grid_message(grid: TerrainGrid, seq: int, frame: Frame, num_classes: int) -> P.GridMessage:
-    return P.GridMessage(
-        P.Header(P.TYPE_GRID, seq, int(frame.timestamp * 1e6), frame.index), grid.cell, grid.origin, num_classes,
-        grid.classes, np.clip(np.rint(grid.confidence * 255), 0, 255).astype(np.uint8), P.cost_to_byte(grid.cost))
+def grid_message(grid: TerrainGrid | GroundGrid, seq: int, frame: Frame, num_classes: int) -> P.GridMessage:
+    """The image grid as a type-1 message, the ground map (cells and origin in millimetres) as type 3."""
+    planes = (grid.classes, np.clip(np.rint(grid.confidence * 255), 0, 255).astype(np.uint8), P.cost_to_byte(grid.cost))
+    stamp = int(frame.timestamp * 1e6)
+    if isinstance(grid, GroundGrid):
+        mm = round(grid.cell * 1000)
+        return P.GroundMessage(P.Header(P.TYPE_GROUND, seq, stamp, frame.index), (mm, mm),
+                               (round(grid.origin[0] * 1000), round(grid.origin[1] * 1000)), num_classes, *planes)
+    return P.GridMessage(P.Header(P.TYPE_GRID, seq, stamp, frame.index), grid.cell, grid.origin, num_classes, *planes)
 
 
 @dataclass
@@ -59,8 +65,9 @@ class SerialPublisher:
 
     def __init__(self, port: str, baud: int, table: CostTable, num_classes: int, map_rate: float = 2.0,
                  heartbeat_s: float = 1.0, write_timeout: float = 0.5, backoff: tuple[float, float] = (0.2, 5.0),
-                 status: Callable[[], dict] | None = None, model_id: bytes = b"") -> None:
-        self.port, self.baud, self.table, self.num_classes = port, baud, table, num_classes
+                 status: Callable[[], dict] | None = None, model_id: bytes = b"", ground: bool = False) -> None:
+        """`ground`: send the ground cost map (type 3) instead of the image grid when the runtime makes one."""
+        self.port, self.baud, self.table, self.num_classes, self.ground = port, baud, table, num_classes, ground
         self.budget = map_budget(baud, map_rate)
         self.heartbeat_s, self.write_timeout, self.backoff = heartbeat_s, write_timeout, backoff
         self.status, self.model_id = status, model_id
@@ -75,6 +82,16 @@ class SerialPublisher:
         self._thread = threading.Thread(target=self._run, name="serial-publisher", daemon=True)
         self._thread.start()
 
+    def wait_for(self, predicate: Callable[[LinkStats], bool], timeout: float) -> bool:
+        """Block until `predicate(stats)` holds or `timeout` passes; the sender thread signals every change, so
+        a caller (a test, a supervisor) synchronises on the link's events instead of polling."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.stats), timeout)
+
+    def _changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
     def publish(self, frame: Frame, result: Result) -> None:
         """Called from the frame loop: never blocks on the link."""
         msg = self._fit(frame, result)
@@ -88,15 +105,18 @@ class SerialPublisher:
             self._cond.notify_all()  # the sender thread, and close() waiting for the mailbox to empty
 
     def _fit(self, frame: Frame, result: Result) -> P.GridMessage | None:
-        grid = result.grid
+        ground = self.ground and result.ground is not None
+        grid = result.ground if ground else result.grid
         for k in range(MAX_COARSENING + 1):
             msg = grid_message(grid, 0, frame, self.num_classes)
             if P.wire_size(len(msg.payload())) <= self.budget:
                 if k:
                     self.stats.maps_coarsened += 1
                 return msg
-            cell = (grid.cell[0] * 2, grid.cell[1] * 2)
-            grid = result.grid_at(cell[0], self.table)
+            if ground:
+                grid = result.ground.coarsened(2 ** (k + 1), self.table)
+            else:
+                grid = result.grid_at(grid.cell[0] * 2, self.table)
         log.warning("map of frame %s does not fit the %d-byte link budget even coarsened; skipped",
                     frame.key, self.budget)
         return None
@@ -124,6 +144,7 @@ class SerialPublisher:
                     delay = self.backoff[0]
                 except (serial.SerialException, OSError, ValueError) as e:
                     self.stats.reopens += 1
+                    self._changed()
                     log.warning("serial port %s unavailable (%s); retrying in %.1f s", self.port, e, delay)
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.backoff[1])
@@ -151,6 +172,7 @@ class SerialPublisher:
             self._ser.write(wire)
         except Exception as e:
             self.stats.write_errors += 1
+            self._changed()
             self._write_delay = min(max(self._write_delay * 2, self.backoff[0]), self.backoff[1])
             log.warning("serial write to %s failed (%s: %s); reopening in %.1f s", self.port, type(e).__name__, e,
                         self._write_delay)
@@ -163,6 +185,7 @@ class SerialPublisher:
             self.stats.maps_sent += 1
         else:
             self.stats.heartbeats += 1
+        self._changed()
 
     def _close_port(self) -> None:
         self._ser = close_quietly(self._ser)

@@ -15,13 +15,13 @@ import os
 import re
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from marsseg.core.frames import DataError, Dataset, load_frames
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class FileSource:
 
     live = False
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, topic: str | None = None) -> None:
         self.spec = spec
         self.stats = SourceStats()
         self.inputs: list[Path] = []  # files read (outputs must never overwrite one)
@@ -185,6 +185,11 @@ class FileSource:
             self._iter, kind = self._images(files), "glob"
         elif p.suffix == ".npz":
             self._iter, kind = self._npz(p), "frames file"
+            self.inputs = [p]
+        elif p.suffix == ".mcap" and p.is_file():
+            from marsseg.edge.recording import read_frames  # the optional `ros` extra, only for recordings
+
+            self._iter, kind = read_frames(p, topic), "ROS 2 recording"
             self.inputs = [p]
         elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:  # one image: keyed by its stem, like a folder's
             self._iter, kind = self._images([p]), "image"
@@ -215,26 +220,17 @@ class FileSource:
             yield Frame(key, i, time.time(), image, "" if image is not None else f"cannot decode {f.name}")
 
     def _npz(self, path: Path) -> Iterator[Frame]:
-        """Opened and checked now, before the first frame; the frames are read lazily."""
+        """Loaded and checked now (`marsseg.core.frames`, masks optional), before the first frame."""
         try:
-            z = np.load(path, allow_pickle=False)
-            frames = z["frames"]
-            masks = z["masks"] if "masks" in z.files else None
-            names = z["names"].astype(str) if "names" in z.files else None
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise SourceError(f"{path}: not a readable frames .npz with a 'frames' array ({e}); "
-                              "re-copy the file or check how it was written") from e
-        for what, arr in (("masks", masks), ("names", names)):
-            if arr is not None and len(arr) != len(frames):
-                raise SourceError(f"{path}: {len(arr)} {what} for {len(frames)} frames; the file is inconsistent")
-        return self._read_npz(path, frames, masks, names)
+            ds = load_frames(path, labelled=False)
+        except DataError as e:
+            raise SourceError(str(e)) from e
+        return self._read_npz(ds)
 
-    def _read_npz(self, path: Path, frames: np.ndarray, masks: np.ndarray | None,
-                  names: np.ndarray | None) -> Iterator[Frame]:
-        for i in range(len(frames)):
+    def _read_npz(self, ds: Dataset) -> Iterator[Frame]:
+        for i in range(len(ds)):
             self.stats.captured += 1
-            key = names[i] if names is not None else f"{path.stem}-{i:05d}"
-            yield Frame(key, i, time.time(), frames[i], truth=None if masks is None else masks[i])
+            yield Frame(ds.names[i], i, time.time(), ds.frames[i], truth=None if ds.masks is None else ds.masks[i])
 
     def _video(self, path: Path) -> Iterator[Frame]:
         cap = cv2.VideoCapture(str(path))
@@ -339,8 +335,9 @@ def unique_keys(files: list[Path]) -> list[str]:
     return keys
 
 
-def open_source(camera: str | None, source: str | None) -> FileSource | LiveSource:
-    """`--camera N|/dev/videoN` or `--source PATH|GLOB|URL|PIPELINE` -> a frame source."""
+def open_source(camera: str | None, source: str | None, topic: str | None = None) -> FileSource | LiveSource:
+    """`--camera N|/dev/videoN` or `--source PATH|GLOB|URL|PIPELINE` (`topic`: the image topic of an .mcap
+    recording) -> a frame source."""
     if camera is not None:
         m = re.fullmatch(r"(?:/dev/video)?(\d+)", camera)
         if not m:
@@ -355,4 +352,4 @@ def open_source(camera: str | None, source: str | None) -> FileSource | LiveSour
         return LiveSource(source, cv2.CAP_FFMPEG)
     if "!" in source:  # GStreamer pipeline string
         return LiveSource(source, cv2.CAP_GSTREAMER)
-    return FileSource(source)
+    return FileSource(source, topic)

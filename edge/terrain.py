@@ -54,11 +54,20 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
     cell = (np.arange(h) // ch)[:, None] * cols + (np.arange(w) // cw)[None, :]
     pairs = cell * (n + 1) + np.minimum(mask, n)
     counts = np.bincount(pairs.ravel(), minlength=rows * cols * (n + 1)).reshape(rows, cols, n + 1)
+    conf_sum = np.bincount(cell.ravel(), confidence.ravel(), minlength=rows * cols).reshape(rows, cols)
+    return TerrainGrid((ch, cw), (0, 0), *cells_from_counts(counts, conf_sum, table))
+
+
+def cells_from_counts(counts: np.ndarray, conf_sum: np.ndarray, table: CostTable) -> tuple[np.ndarray, ...]:
+    """Per cell, from its pixel count per class (rows, cols, C + 1; the last: ids outside the table) and its summed
+    confidence: majority class, class fractions, mean confidence, cost. The one cost rule of the image grid and
+    the ground map; a cell without pixels is unknown (class 0, cost nan)."""
+    n = len(table.costs)
     area = counts.sum(-1).astype(np.float32)
-    counts = counts[..., :n].astype(np.float32)
-    conf = (np.bincount(cell.ravel(), confidence.ravel(), minlength=rows * cols).reshape(rows, cols) / area).astype(
-        np.float32)
-    fractions = counts / area[..., None]
+    empty = area == 0
+    area = np.where(empty, 1, area)
+    conf = (conf_sum / area).astype(np.float32)
+    fractions = counts[..., :n].astype(np.float32) / area[..., None]
     costs = np.asarray(table.costs, np.float64)
     known = ~np.isnan(costs)
     finite = known & np.isfinite(costs)
@@ -66,9 +75,7 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = (fractions[..., finite] * costs[finite]).sum(-1) / fractions[..., finite].sum(-1)
     lethal = fractions[..., np.isinf(costs)].sum(-1) >= table.lethal_fraction
-    unknown = ((1 - known_frac) > table.max_unknown) | (conf < table.min_confidence)
+    unknown = ((1 - known_frac) > table.max_unknown) | (conf < table.min_confidence) | empty
     cost = np.where(unknown, np.nan, cost)
     cost = np.where(lethal, np.inf, cost)
-    return TerrainGrid((ch, cw), (0, 0), fractions.argmax(-1).astype(np.uint8), fractions, conf,
-                       cost.astype(np.float32))
-
+    return fractions.argmax(-1).astype(np.uint8), fractions, conf, cost.astype(np.float32)

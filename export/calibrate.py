@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.io import sha256_file, write_atomic
-from marsseg.edge.spec import NUM_CLASSES
+from marsseg.core.frames import DataError
+from marsseg.core.io import sha256_file, write_atomic
+from marsseg.core.spec import NUM_CLASSES
 from marsseg.train import data as D
 from marsseg.train.config import DataConfig
 
@@ -66,7 +67,7 @@ def load_calibration(path: str | Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as z:
             tiles = z["tiles"]
     except (OSError, KeyError, ValueError) as e:
-        raise D.DataError(f"{path}: not a calibration file with a 'tiles' array ({e})") from e
+        raise DataError(f"{path}: not a calibration file with a 'tiles' array ({e})") from e
     if tiles.dtype != np.uint8 or tiles.ndim != 3 or len(tiles) == 0:
-        raise D.DataError(f"{path}: 'tiles' must be non-empty uint8 (N, H, W), got {tiles.dtype} {tiles.shape}")
+        raise DataError(f"{path}: 'tiles' must be non-empty uint8 (N, H, W), got {tiles.dtype} {tiles.shape}")
     return tiles

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.interpreter import ModelError, make_interpreter
-from marsseg.edge.io import sha256_file, write_atomic, write_bytes_atomic, write_text_atomic
-from marsseg.edge.metadata import build_metadata, metadata_path
-from marsseg.edge.spec import CLASS_NAMES, TILE_SHAPE
-from marsseg.train.data import DataError
+from marsseg.core.frames import DataError
+from marsseg.core.interpreter import ModelError, make_interpreter
+from marsseg.core.io import sha256_file, write_atomic, write_bytes_atomic, write_text_atomic
+from marsseg.core.metadata import build_metadata, metadata_path
+from marsseg.core.spec import CLASS_NAMES, TILE_SHAPE
 from marsseg.train.run import RunError
 
 log = logging.getLogger("marsseg.export")

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge import interpreter as it
-from marsseg.edge.metrics import confusion_matrix, scores
-from marsseg.edge.spec import preprocess
+from marsseg.core import interpreter as it
+from marsseg.core.metrics import confusion_matrix, scores
+from marsseg.core.spec import preprocess
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from marsseg.core import frames as F
 from marsseg.train import data as D
 
 from tests.conftest import synthetic_frames
@@ -29,11 +30,11 @@ def test_loads_course_format(tmp_path, as_float):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"frames": np.zeros((2, 128, 128), np.uint8), "masks": np.zeros((3, 128, 128), np.uint8)}, "must match"),
+        ({"frames": np.zeros((2, 128, 128), np.uint8), "masks": np.zeros((3, 128, 128), np.uint8)}, "3 masks for 2"),
         ({"frames": np.zeros((2, 128, 128), np.uint8), "masks": np.full((2, 128, 128), 7, np.uint8)}, r"\[0, 4\]"),
         ({"frames": np.zeros((2, 128, 100), np.uint8), "masks": np.zeros((2, 128, 100), np.uint8)}, "128 wide"),
         ({"training_set": np.zeros((2, 3, 64, 128))}, r"\(N, 2, H, W\)"),
-        ({"images": np.zeros(3)}, "expected keys"),
+        ({"images": np.zeros(3)}, "expected arrays"),
         ({"frames": np.full((1, 128, 128), 300.0), "masks": np.zeros((1, 128, 128))}, "pixel values"),
         ({"frames": np.zeros((1, 128, 128)), "masks": np.full((1, 128, 128), 1.5)}, "whole class ids"),
     ],
@@ -41,23 +42,23 @@ def test_loads_course_format(tmp_path, as_float):
 def test_validation_errors_name_the_fault(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
-    with pytest.raises(D.DataError, match=message):
+    with pytest.raises(F.DataError, match=message):
         D.load_dataset(path)
 
 
 def test_not_an_npz(tmp_path):
     path = tmp_path / "x.npz"
     path.write_bytes(b"garbage")
-    with pytest.raises(D.DataError, match="not a readable"):
+    with pytest.raises(F.DataError, match="not a readable"):
         D.load_dataset(path)
 
 
 def test_resolve_data_path(monkeypatch, frames_file):
-    monkeypatch.delenv(D.DATA_ENV, raising=False)
-    with pytest.raises(D.DataError, match="MARSSEG_DATA"):
-        D.resolve_data_path(None)
-    monkeypatch.setenv(D.DATA_ENV, str(frames_file))
-    assert D.resolve_data_path(None) == frames_file
+    monkeypatch.delenv(F.DATA_ENV, raising=False)
+    with pytest.raises(F.DataError, match="MARSSEG_DATA"):
+        F.resolve_data_path(None)
+    monkeypatch.setenv(F.DATA_ENV, str(frames_file))
+    assert F.resolve_data_path(None) == frames_file
 
 
 def test_cleaning_drops_repeated_alien_mask_and_unlabelled():

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from marsseg.edge import degrade as G
+from marsseg.core import degrade as G
 from marsseg.train import data as D
 
 from tests.conftest import synthetic_frames

@@ -36,11 +36,11 @@ def test_eval_bad_file(tmp_path, capsys):
     bad = tmp_path / "x.npz"
     np.savez(bad, images=np.zeros(3))
     assert main([str(bad), "--model", str(TINY_MODEL)]) == 2
-    assert "expected an .npz with 'frames' and 'masks'" in capsys.readouterr().err
+    assert "expected arrays 'frames' and 'masks'" in capsys.readouterr().err
 
 
 def test_eval_corruption_suite(tmp_path, capsys):
-    from marsseg.edge.degrade import SUITE
+    from marsseg.core.degrade import SUITE
 
     frames, masks = synthetic_frames(n=3)
     data = tmp_path / "clip.npz"
@@ -71,7 +71,7 @@ def test_eval_corruption_suite(tmp_path, capsys):
 
 
 def test_exposure_lut():
-    from marsseg.edge.spec import exposure_lut
+    from marsseg.core.spec import exposure_lut
 
     assert np.array_equal(exposure_lut(1.0, 1.0, 0.0), np.arange(256, dtype=np.uint8))
     dark, bright = exposure_lut(np.array([1.25, 0.8]), np.array([0.8, 1.25]), 0.0)

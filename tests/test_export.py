@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from marsseg.edge import interpreter as it
-from marsseg.edge.io import sha256_file
-from marsseg.edge.metadata import load_metadata
+from marsseg.core import interpreter as it
+from marsseg.core.io import sha256_file
+from marsseg.core.metadata import load_metadata
 from marsseg.export.cli import main as export_main
 
 from tools.make_test_model import export_tiny, train_tiny
@@ -56,8 +56,8 @@ def test_float_model_rebuilt_from_the_int8_export_computes_the_same_function(tin
     """tools.float_from_int8: the int8 weights, dequantized into a trainable float model, answer like the int8 model,
     in inference and (batch norm re-parameterised on measured statistics) in a training-mode forward pass."""
     import keras
+    from marsseg.core.spec import preprocess
     from marsseg.edge.model import TileModel
-    from marsseg.edge.spec import preprocess
     from marsseg.train.config import TrainConfig
 
     from tests.conftest import synthetic_frames

@@ -28,8 +28,8 @@ def test_fine_frame_warning_names_the_flag_only_for_far_finer_frames():
 
 
 def test_bundled_metadata_records_the_ground_scale_and_the_float_model():
+    from marsseg.core.io import sha256_file
     from marsseg.edge.cli import bundled
-    from marsseg.edge.io import sha256_file
 
     meta = json.loads(bundled("model_int8.json").read_text())
     assert meta["deg_per_pixel"] == pytest.approx(NAVCAM)

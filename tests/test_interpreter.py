@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-from marsseg.edge import interpreter as it
-from marsseg.edge.metadata import load_metadata
+from marsseg.core import interpreter as it
+from marsseg.core.metadata import load_metadata
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 

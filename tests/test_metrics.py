@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.core.metrics import confusion_matrix, scores
 
 
 def test_hand_computed_iou():

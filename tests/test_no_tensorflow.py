@@ -23,9 +23,10 @@ BLOCKER = textwrap.dedent("""
 def test_edge_imports_and_runs_without_tensorflow(tmp_path):
     code = BLOCKER + textwrap.dedent(f"""
         import pkgutil, importlib
-        import marsseg.edge
-        for m in pkgutil.iter_modules(marsseg.edge.__path__):
-            importlib.import_module("marsseg.edge." + m.name)
+        import marsseg.core, marsseg.edge
+        for pkg in (marsseg.core, marsseg.edge):  # the runtime and the contract it shares with training
+            for m in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(pkg.__name__ + "." + m.name)
         import numpy as np
         from marsseg.edge.model import TileModel
         from marsseg.edge.pipeline import Segmenter

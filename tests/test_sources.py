@@ -83,6 +83,7 @@ import threading, logging, time
 import numpy as np
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
+from marsseg.edge.config import EdgeConfig
 from marsseg.edge.runtime import Runtime, Watchdog
 from marsseg.edge.sources import Frame, SourceStats
 from marsseg.edge.terrain import CostTable
@@ -112,7 +113,7 @@ class Endless:
 logging.basicConfig(level=logging.INFO)
 model = TileModel(MODEL)
 source, segmenter = (Stuck(), Segmenter(model)) if CASE == "stuck" else (Endless(), Slow(model))
-Runtime(source, segmenter, [], CostTable((1.0,) * 5), 16, watchdog=Watchdog(0.5)).run()
+Runtime(source, segmenter, [], CostTable((1.0,) * 5), EdgeConfig(cell=16), watchdog=Watchdog(0.5)).run()
 """
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from marsseg.edge.tiling import Merger, TileGrid, axis_starts, blend_window
+from marsseg.core.tiling import Merger, TileGrid, axis_starts, blend_window
 
 
 @st.composite

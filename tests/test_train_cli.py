@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 from marsseg.train.cli import main  # noqa: E402
 from marsseg.train.prior import main as adjust_main  # noqa: E402
 
+from tests.conftest import synthetic_frames  # noqa: E402
 from tools.make_test_model import TINY, single_phase  # noqa: E402
 
 
@@ -237,20 +238,38 @@ TWO_PHASES = json.dumps([
 ])
 
 
-@pytest.mark.slow
-def test_a_run_goes_through_its_phases_and_resumes_exactly_where_it_stopped(frames_file, tmp_path, monkeypatch,
-                                                                            capsys):
-    """Two phases (clean, then camera-distilled fake-quantized with batch norm frozen). The same run cut by the time
-    budget at the phase boundary, and by SIGTERM inside the second phase, ends with the weights of the run
-    uninterrupted: optimizer moments, weight average, fake-quant ranges, dropout seeds, teacher, camera/crop
-    stream, phase and LR position all carry over."""
-    from marsseg.train import callbacks, checkpoint
-
-    args = ["--data", str(frames_file), "--batch-size", "8", "--out-dir", str(tmp_path), *TINY,
+@pytest.fixture(scope="module")
+def two_phase_run(tmp_path_factory):
+    """The reference: a two-phase run (clean, then camera-distilled fake-quantized with batch norm frozen),
+    uninterrupted; the resume cases below end where it ends."""
+    out = tmp_path_factory.mktemp("phases")
+    frames, masks = synthetic_frames()
+    data = out / "frames.npz"
+    np.savez_compressed(data, frames=frames, masks=masks, names=np.array([f"f{i:03d}" for i in range(len(frames))]))
+    args = ["--data", str(data), "--batch-size", "8", "--out-dir", str(out), *TINY,
             "--set", f"phases={TWO_PHASES}", "--set", "optim.ema=0.9", "--set", "data.photometric=0.2",
             "--set", "optim.schedule=\"cosine\"", "--set", "optim.learning_rate=0.01", "--set", "adjust.scales=[0,1]"]
     assert main([*args, "--run-name", "whole"]) == 0
-    whole = tmp_path / "whole"
+    return args, out / "whole"
+
+
+def assert_resumed_like(whole, run) -> None:
+    """The last epoch's full state (optimizer moments, weight average, fake-quant ranges, dropout seeds: teacher,
+    camera/crop stream, phase and LR position all carried over), the history and the scores of the whole run."""
+    from marsseg.train import checkpoint
+
+    final, resumed = checkpoint.load(whole / "checkpoint.npz"), checkpoint.load(run / "checkpoint.npz")
+    assert resumed[2]["phase"] == 1 and resumed[2]["epochs_done"] == 2
+    for a, b in zip(final[0] + final[1], resumed[0] + resumed[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert len((run / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs, appended
+    m, r = (json.loads((d / "metrics.json").read_text()) for d in (whole, run))
+    assert r["resumed"] and r["epochs_run"] == 3 and abs(m["mean_iou"] - r["mean_iou"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_run_goes_through_its_phases(two_phase_run):
+    _, whole = two_phase_run
     m = json.loads((whole / "metrics.json").read_text())
     assert [p["name"] for p in m["phases"]] == ["clean", "camera"] and m["epochs_run"] == 3
     assert [p["epochs_run"] for p in m["phases"]] == [1, 2] and 0 <= m["val_miou_fake_quant"] <= 1
@@ -266,6 +285,12 @@ def test_a_run_goes_through_its_phases_and_resumes_exactly_where_it_stopped(fram
             for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
                 np.testing.assert_array_equal(wa, wb)
 
+
+@pytest.mark.slow
+def test_paused_at_the_phase_boundary_resumes_exactly(two_phase_run, monkeypatch, capsys):
+    from marsseg.train import callbacks
+
+    args, whole = two_phase_run
     real_budget = callbacks.TimeBudget.on_epoch_end
 
     def out_of_time_after_clean(self, epoch, logs=None):
@@ -275,11 +300,20 @@ def test_a_run_goes_through_its_phases_and_resumes_exactly_where_it_stopped(fram
     monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", out_of_time_after_clean)
     assert main([*args, "--run-name", "paused", "--time-budget-min", "600"]) == 3
     assert "time budget of 600 min reached in phase 'clean'" in capsys.readouterr().err
-    assert (tmp_path / "paused" / "phase1-clean.keras").is_file()  # its last epoch ended the phase
-    assert not (tmp_path / "paused" / "metrics.json").exists()
+    paused = whole.parent / "paused"
+    assert (paused / "phase1-clean.keras").is_file()  # its last epoch ended the phase
+    assert not (paused / "metrics.json").exists()
     monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", real_budget)
-    assert main(["--resume", str(tmp_path / "paused")]) == 0
+    assert main(["--resume", str(paused)]) == 0
+    assert_resumed_like(whole, paused)
 
+
+@pytest.mark.slow
+def test_sigterm_inside_a_phase_resumes_exactly_and_a_damaged_checkpoint_is_refused(two_phase_run, monkeypatch,
+                                                                                     capsys):
+    from marsseg.train import callbacks
+
+    args, whole = two_phase_run
     real = callbacks.ResumeCheckpoint.on_epoch_end
 
     def stop_inside_camera(self, epoch, logs=None):  # SIGTERM lands during the camera phase's second epoch
@@ -288,26 +322,18 @@ def test_a_run_goes_through_its_phases_and_resumes_exactly_where_it_stopped(fram
             raise KeyboardInterrupt
 
     monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", stop_inside_camera)
+    cut = whole.parent / "cut"
     assert main([*args, "--run-name", "cut"]) == 130
-    assert f"--resume {tmp_path / 'cut'}" in capsys.readouterr().err
-    assert not (tmp_path / "cut" / "metrics.json").exists()  # finished runs only
-    shutil.copytree(tmp_path / "cut", tmp_path / "cut-copy")  # the same interrupted run, for the damage case below
+    assert f"--resume {cut}" in capsys.readouterr().err
+    assert not (cut / "metrics.json").exists()  # finished runs only
+    shutil.copytree(cut, whole.parent / "cut-copy")  # the same interrupted run, for the damage case below
     monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", real)
-    assert main(["--resume", str(tmp_path / "cut")]) == 0
+    assert main(["--resume", str(cut)]) == 0
+    assert_resumed_like(whole, cut)
 
-    final = checkpoint.load(whole / "checkpoint.npz")
-    for run in ("paused", "cut"):
-        resumed = checkpoint.load(tmp_path / run / "checkpoint.npz")
-        assert resumed[2]["phase"] == 1 and resumed[2]["epochs_done"] == 2
-        for a, b in zip(final[0] + final[1], resumed[0] + resumed[1], strict=True):  # the last epoch's full state
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-        assert len((tmp_path / run / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs, appended
-        r = json.loads((tmp_path / run / "metrics.json").read_text())
-        assert r["resumed"] and r["epochs_run"] == 3 and abs(m["mean_iou"] - r["mean_iou"]) < 1e-4
-
-    assert main(["--resume", str(tmp_path / "cut")]) == 2  # finished: nothing to resume
+    assert main(["--resume", str(cut)]) == 2  # finished: nothing to resume
     assert "has finished" in capsys.readouterr().err
-    ckpt = tmp_path / "cut-copy" / "checkpoint.npz"
+    ckpt = whole.parent / "cut-copy" / "checkpoint.npz"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
-    assert main(["--resume", str(tmp_path / "cut-copy")]) == 2
+    assert main(["--resume", str(whole.parent / "cut-copy")]) == 2
     assert "checkpoint.npz is damaged" in capsys.readouterr().err

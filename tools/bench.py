@@ -26,8 +26,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from marsseg.core.io import write_text_atomic
 from marsseg.edge.cli import bundled
-from marsseg.edge.io import write_text_atomic
 from marsseg.edge.model import TileModel
 
 REPO = Path(__file__).resolve().parents[1]

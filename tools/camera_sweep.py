@@ -1,6 +1,6 @@
 """Mean IoU along one camera setting: what a camera pipeline may do before `marsseg-edge`, measured.
 
-Sweeps one parameter of one degradation of `marsseg/edge/degrade.py` over the given values, each applied to the
+Sweeps one parameter of one degradation of `marsseg/core/degrade.py` over the given values, each applied to the
 whole frame (seeded) and run on the edge path at frame level, e.g. the JPEG quality a downlink may use:
 
   python -m tools.camera_sweep ../shared/data/ai4mars-frames-128.npz --names edge/assets/val_names.json \\
@@ -16,16 +16,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge import degrade
-from marsseg.edge.evaluate import evaluate, load_frames
-from marsseg.edge.io import write_text_atomic
+from marsseg.core import degrade
+from marsseg.core.frames import load_frames
+from marsseg.core.io import write_text_atomic
+from marsseg.edge.evaluate import evaluate
 from marsseg.edge.model import TileModel
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.camera_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("data", type=Path)
-    p.add_argument("kind", help="a degradation function of marsseg.edge.degrade, e.g. jpeg, sharpen, gaussian_blur")
+    p.add_argument("kind", help="a degradation function of marsseg.core.degrade, e.g. jpeg, sharpen, gaussian_blur")
     p.add_argument("param", help="its parameter to sweep")
     p.add_argument("values", nargs="+", help="values (numbers, or names for resample kernels)")
     p.add_argument("--fixed", nargs="*", default=[], metavar="NAME=VALUE", help="its other parameters")
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fn = getattr(degrade, a.kind.replace("-", "_"), None)
     if not callable(fn):
-        p.error(f"no degradation {a.kind!r} in marsseg.edge.degrade")
+        p.error(f"no degradation {a.kind!r} in marsseg.core.degrade")
 
     def value(text: str):
         try:
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fixed = {k: value(v) for k, v in (item.split("=", 1) for item in a.fixed)}
     model = TileModel(a.model or bundled("model_int8.tflite"))
-    frames, masks, _ = load_frames(a.data, a.names)
+    ds = load_frames(a.data, names_file=a.names)
+    frames, masks = ds.frames, ds.masks
     rows = [{"value": None, **evaluate(model, frames, masks, a.overlap, thresholds=None)}]
     for v in map(value, a.values):
         changed = np.stack([fn(f, np.random.default_rng((a.seed, i)), **{a.param: v, **fixed})

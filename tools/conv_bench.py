@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.interpreter import input_info, make_interpreter, resize_batch, set_input
+from marsseg.core.interpreter import input_info, make_interpreter, resize_batch, set_input
 
 from tools.bench import REPO, base_result, say, write_result
 

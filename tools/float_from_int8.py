@@ -28,7 +28,7 @@ KERNEL = re.compile(r"(?:^|/)conv2d(?:_(\d+))?_\d+/convolution$")
 
 def int8_conv_weights(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Creation index of each Conv2D -> (float kernel (kh, kw, in, out), float bias (out,)) from the int8 model."""
-    from marsseg.edge.interpreter import make_interpreter
+    from marsseg.core.interpreter import make_interpreter
 
     interp = make_interpreter(path, delegates=False)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
@@ -52,7 +52,7 @@ def int8_conv_weights(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 def rebuild(model_path: Path, cfg, tiles: np.ndarray, offsets: np.ndarray):
     """The float model of `cfg`'s architecture carrying the int8 model's function (without `offsets`)."""
     import keras
-    from marsseg.edge.spec import preprocess
+    from marsseg.core.spec import preprocess
     from marsseg.train.model import build_model
     from marsseg.train.quant import consumers
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the .keras file to write")
     p.add_argument("--note", default="", help="appended to the provenance note a model card quotes")
     a = p.parse_args(argv)
-    from marsseg.edge.io import sha256_file, write_atomic, write_text_atomic
+    from marsseg.core.io import sha256_file, write_atomic, write_text_atomic
     from marsseg.train import data as D
     from marsseg.train.config import TrainConfig
 

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.io import write_atomic, write_text_atomic
+from marsseg.core.frames import resolve_data_path
+from marsseg.core.io import write_atomic, write_text_atomic
 from marsseg.train import data as D
 from marsseg.train.config import TrainConfig
 from marsseg.train.run import RunFolder
@@ -295,7 +296,7 @@ def robustness_section(run: Path, baseline: Path | None) -> str:
         old = json.loads(baseline.read_text())
         studies[f"before ({old.get('run_id') or old['model_sha256'][:8]})"] = old["corruptions"]
     studies[f"this model ({run.name})"] = study
-    return ("- **Robustness** (int8, frame level; each degradation of `marsseg/edge/degrade.py` applied to the whole\n"
+    return ("- **Robustness** (int8, frame level; each degradation of `marsseg/core/degrade.py` applied to the whole\n"
             "  frame before tiling at severities 1–3, seed 0; mean IoU over classes 1–4):\n\n"
             + robustness_table(studies) + "\n\n")
 
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if meta.get("float_model"):
         shutil.copy(exp / meta["float_model"]["file"], ASSETS / meta["float_model"]["file"])
     write_text_atomic(ASSETS / "val_names.json", json.dumps(split["val_names"]))
-    ds = D.load_dataset(D.resolve_data_path(a.data or split["data"]))
+    ds = D.load_dataset(resolve_data_path(a.data or split["data"]))
     clip = demo_clip(ds, split["val_names"], a.clip_frames)
     write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
         f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,

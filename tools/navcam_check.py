@@ -18,9 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from marsseg.edge.evaluate import load_frames
-from marsseg.edge.io import write_text_atomic
-from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.core.frames import load_frames
+from marsseg.core.io import write_text_atomic
+from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.sources import ground_scale, to_gray
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = TileModel(a.model or bundled("model_int8.tflite"))
     seg = Segmenter(model, a.overlap)
-    frames, masks, _ = load_frames(a.data, a.names)
+    ds = load_frames(a.data, names_file=a.names)
+    frames, masks = ds.frames, ds.masks
     n = model.meta.num_classes
     paths = {"native": None, f"navcam {a.size}² --fov {a.fov:g} (runtime resize)": runtime_resize,
              f"navcam {a.size}², training-file chain (bilinear /4, block mean /2)": training_chain}

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from marsseg.core.tiling import TileGrid
 from marsseg.edge.cli import bundled
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.sources import to_gray, work_size
-from marsseg.edge.tiling import TileGrid
 
 from tools.bench import REPO, base_result, make_frames, say, write_result
 

@@ -30,7 +30,7 @@ VARIANTS = ("pydataset", "pydataset-workers2", "tfdata", "tfdata-xla")
 CHILD = textwrap.dedent("""
     import json, sys, time
     import numpy as np, keras, tensorflow as tf
-    from marsseg.edge.spec import preprocess
+    from marsseg.core.spec import preprocess
     from marsseg.train.config import TrainConfig
     from marsseg.train.losses import make_loss
     from marsseg.train.macs import count_macs

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import write_atomic
-from marsseg.edge.metrics import confusion_matrix, scores
+from marsseg.core.io import write_atomic
+from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.train import checkpoint, cluster
 from marsseg.train.scoring import predict_classes
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import write_atomic
+from marsseg.core.io import write_atomic
 
 NAME = "checkpoint.npz"
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # A job started in the background inherits SIGINT ignored; SIGTERM comes from service managers and `kill`.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_training)
-    from marsseg.train.data import DataError
+    from marsseg.core.frames import DataError
 
     try:
         from marsseg.train import cluster

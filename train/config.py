@@ -146,7 +146,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     def save(self, path: Path) -> None:
-        from marsseg.edge.io import write_text_atomic
+        from marsseg.core.io import write_text_atomic
 
         write_text_atomic(path, self.to_json())
 

@@ -1,9 +1,4 @@
-"""Load, validate, clean, split and tile the labelled rover frames.
-
-Two file formats load into one in-memory form, `Dataset(frames uint8 (N,H,W), masks uint8 (N,H,W), names)`:
-- the AI4Mars frames file: `frames` (N,128,128) uint8, `masks` (N,128,128) uint8, optional `names`;
-- the course file `mars_for_students.npz`: `training_set` (N,2,64,128) with image and mask, floats or uint8.
-"""
+"""Clean, split and tile the labelled rover frames (loaded by `marsseg.core.frames`) for training."""
 
 from __future__ import annotations
 
@@ -15,111 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE, exposure_lut
+from marsseg.core.frames import DataError, Dataset, load_frames, resolve_data_path
+from marsseg.core.spec import BACKGROUND, NUM_CLASSES, TILE_SHAPE, exposure_lut
 from marsseg.train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "MARSSEG_DATA"
-
-
-class DataError(ValueError):
-    """A data file that cannot be used as it is; the message names the key/shape at fault."""
-
-
-@dataclass
-class Dataset:
-    frames: np.ndarray  # uint8 (N, H, W)
-    masks: np.ndarray  # uint8 (N, H, W), class ids 0..4
-    names: np.ndarray  # str (N,)
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset(self.frames[idx], self.masks[idx], self.names[idx])
-
-
-def resolve_data_path(path: str | os.PathLike | None) -> Path:
-    """The data file from the option, else $MARSSEG_DATA; a clear error when neither names a file."""
-    chosen = str(path) if path else os.environ.get(DATA_ENV, "")
-    if not chosen:
-        raise DataError(f"no data file given: pass --data FILE.npz or set {DATA_ENV}")
-    p = Path(chosen)
-    if not p.is_file():
-        raise DataError(f"data file not found: {p} (pass --data FILE.npz or set {DATA_ENV})")
-    return p
-
-
-def _as_uint8_image(a: np.ndarray, key: str) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{key}: expected uint8 or float pixels, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise DataError(f"{key}: contains NaN or infinite pixel values")
-    lo, hi = a.min(), a.max()
-    if lo < 0 or hi > 255:
-        raise DataError(f"{key}: pixel values must be in [0, 1] or [0, 255], got [{lo:g}, {hi:g}]")
-    if hi <= 1.0:
-        a = a * 255.0
-    return np.rint(a).astype(np.uint8)
-
-
-def _as_mask(a: np.ndarray, key: str) -> np.ndarray:
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or not np.all(a == np.rint(a)):
-            raise DataError(f"{key}: mask values must be whole class ids, found non-integers")
-    elif not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{key}: expected integer class ids, got dtype {a.dtype}")
-    lo, hi = a.min(), a.max()
-    if lo < 0 or hi >= NUM_CLASSES:
-        raise DataError(f"{key}: class ids must be in [0, {NUM_CLASSES - 1}], got [{lo:g}, {hi:g}]")
-    return a.astype(np.uint8)
-
-
-def _check_frames(frames: np.ndarray, masks: np.ndarray, fkey: str, mkey: str) -> None:
-    th, tw = TILE_SHAPE
-    if frames.ndim != 3:
-        raise DataError(f"{fkey}: expected shape (N, H, W), got {frames.shape}")
-    if frames.shape != masks.shape:
-        raise DataError(f"{fkey} shape {frames.shape} and {mkey} shape {masks.shape} must match (one mask per image)")
-    if frames.shape[0] == 0:
-        raise DataError(f"{fkey}: no samples")
-    if frames.shape[1] < th or frames.shape[2] != tw:
-        raise DataError(f"{fkey}: frames must be at least {th} high and exactly {tw} wide, got {frames.shape[1:]}")
-
-
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Load and validate either supported file format."""
-    path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from e
-    with npz:
-        keys = set(npz.files)
-        if {"frames", "masks"} <= keys:
-            frames = _as_uint8_image(npz["frames"], "frames")
-            masks = _as_mask(npz["masks"], "masks")
-            _check_frames(frames, masks, "frames", "masks")
-            names = npz["names"].astype(str) if "names" in keys else None
-        elif "training_set" in keys:
-            ts = npz["training_set"]
-            if ts.ndim != 4 or ts.shape[1] != 2:
-                raise DataError(f"training_set: expected shape (N, 2, H, W) (image, mask), got {ts.shape}")
-            frames = _as_uint8_image(ts[:, 0], "training_set[:, 0] (images)")
-            masks = _as_mask(ts[:, 1], "training_set[:, 1] (masks)")
-            _check_frames(frames, masks, "training_set[:, 0]", "training_set[:, 1]")
-            names = None
-        else:
-            raise DataError(f"{path}: expected keys 'frames'+'masks' or 'training_set', found {sorted(keys)}")
-    if names is None:
-        names = np.array([f"{path.stem}-{i:05d}" for i in range(len(frames))])
-    elif names.shape != (len(frames),):
-        raise DataError(f"names: expected shape ({len(frames)},), got {names.shape}")
-    return Dataset(frames, masks, names)
+    """A labelled frames file (`marsseg.core.frames`) whose frames training can crop tiles from."""
+    ds = load_frames(path)
+    th, tw = TILE_SHAPE
+    if ds.frames.shape[1] < th or ds.frames.shape[2] != tw:
+        raise DataError(f"frames: training needs frames at least {th} high and exactly {tw} wide, got "
+                        f"{ds.frames.shape[1:]}")
+    return ds
 
 
 @dataclass
@@ -220,7 +124,7 @@ def camera_validation(val: Dataset, seed: int) -> np.ndarray:
 
 def fixed_tiles(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Validation tiles: evenly spaced vertical crops covering each frame; tiles with no label dropped."""
-    from marsseg.edge.tiling import axis_starts
+    from marsseg.core.tiling import axis_starts
 
     th = TILE_SHAPE[0]
     starts = axis_starts(ds.frames.shape[1], th, 0)
@@ -273,7 +177,7 @@ def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> tu
     at a tile's edge sees the pixels beyond it). Returns a new array (`frames` is left as it is) and which frames
     a camera changed (the others passed untouched).
     """
-    from marsseg.edge.degrade import random_camera
+    from marsseg.core.degrade import random_camera
 
     views = list(frames)  # random_camera hands an untouched frame back as the same object
     out = [random_camera(f, rng, strength) for f in views]

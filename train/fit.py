@@ -11,8 +11,8 @@ import time
 
 import keras
 import numpy as np
-from marsseg.edge.io import sha256_file, write_atomic
-from marsseg.edge.spec import preprocess
+from marsseg.core.io import sha256_file, write_atomic
+from marsseg.core.spec import preprocess
 from marsseg.train import checkpoint, cluster, prior, quant
 from marsseg.train import data as D
 from marsseg.train.callbacks import BestCheckpoint, EmaSwap, ResumeCheckpoint, TimeBudget, ValidationIoU

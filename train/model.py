@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 from keras import layers
-from marsseg.edge.spec import NUM_CLASSES, TILE_SHAPE
+from marsseg.core.spec import NUM_CLASSES, TILE_SHAPE
 from marsseg.train.config import ModelConfig
 
 

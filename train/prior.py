@@ -24,11 +24,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.io import write_atomic
-from marsseg.edge.metrics import confusion_matrix, scores
-from marsseg.edge.spec import BACKGROUND, NUM_CLASSES, preprocess
+from marsseg.core.frames import DataError
+from marsseg.core.io import write_atomic
+from marsseg.core.metrics import confusion_matrix, scores
+from marsseg.core.spec import BACKGROUND, NUM_CLASSES, preprocess
 from marsseg.train import quant
-from marsseg.train.data import DataError, fixed_tiles
+from marsseg.train.data import fixed_tiles
 from marsseg.train.scoring import answer_batch
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from marsseg.edge.io import write_atomic
+from marsseg.core.io import write_atomic
+from marsseg.core.spec import CLASS_NAMES, CLASSES
 from marsseg.edge.render import colourize, palette
-from marsseg.edge.spec import CLASS_NAMES, CLASSES
 
 LUT = palette([c.colour for c in CLASSES])
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from marsseg.edge.io import write_text_atomic
+from marsseg.core.frames import DataError, resolve_data_path
+from marsseg.core.io import write_text_atomic
 from marsseg.train import cluster
 from marsseg.train import data as D
 from marsseg.train.config import TrainConfig
@@ -98,11 +99,11 @@ class RunFolder:
     def validation_tiles(self, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The run's held-out validation tiles (same frames, same fixed crops), from `data` or its own file."""
         cfg = self.config()
-        path = D.resolve_data_path(data or cfg.data.path)
+        path = resolve_data_path(data or cfg.data.path)
         wanted = set(self.split()["val_names"])
         ds = D.load_dataset(path)
         idx = np.array([i for i, n in enumerate(ds.names) if n in wanted])
         if len(idx) != len(wanted):
-            raise D.DataError(f"{len(wanted) - len(idx)} validation frames of run {self.path} are missing from "
-                              f"{path}")
+            raise DataError(f"{len(wanted) - len(idx)} validation frames of run {self.path} are missing from "
+                            f"{path}")
         return D.fixed_tiles(ds.subset(idx))

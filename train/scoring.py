@@ -7,8 +7,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from marsseg.edge.metrics import confusion_matrix, scores
-from marsseg.edge.spec import CLASS_NAMES, preprocess
+from marsseg.core.metrics import confusion_matrix, scores
+from marsseg.core.spec import CLASS_NAMES, preprocess
 from marsseg.train import cluster
 
 

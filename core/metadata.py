@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marsseg.edge import spec
-from marsseg.edge.interpreter import ModelError, input_info, output_info
-from marsseg.edge.io import sha256_file
+from marsseg.core import spec
+from marsseg.core.interpreter import ModelError, input_info, output_info
+from marsseg.core.io import sha256_file
 
 FORMAT = "marsseg-model/1"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from marsseg.edge.spec import exposure_lut
+from marsseg.core.spec import exposure_lut
 
 BORDER = cv2.BORDER_REFLECT_101
 

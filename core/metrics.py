@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from marsseg.edge.spec import BACKGROUND, CLASS_NAMES, NUM_CLASSES
+from marsseg.core.spec import BACKGROUND, CLASS_NAMES, NUM_CLASSES
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
