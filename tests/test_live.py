@@ -104,6 +104,22 @@ def test_the_stream_sends_each_new_frame_and_a_viewer_that_leaves_costs_nothing(
     assert get(view, "/frame.jpg")[0] == 200  # the others are served as before
 
 
+def test_several_viewers_get_the_same_frames(view):
+    view.publish(*result(1))
+    viewers = []
+    for _ in range(3):
+        c = http.client.HTTPConnection(*parse_address(view.address), timeout=10)
+        c.request("GET", "/stream.mjpg")
+        viewers.append((c, c.getresponse()))
+    firsts = [read_part(r) for _, r in viewers]
+    view.publish(*result(2))
+    seconds = [read_part(r) for _, r in viewers]
+    assert len(set(firsts)) == 1 and len(set(seconds)) == 1 and firsts[0] != seconds[0]  # encoded once per frame
+    for c, r in viewers:
+        r.close()
+        c.close()
+
+
 def test_serve_address_is_checked():
     assert parse_address("8080") == ("127.0.0.1", 8080) and parse_address("0.0.0.0:81") == ("0.0.0.0", 81)
     with pytest.raises(ConfigError, match="--serve expects HOST:PORT"):

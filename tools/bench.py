@@ -155,6 +155,39 @@ def serial_bench(model: Path, work: Path) -> list[dict]:
     return rows
 
 
+def ground_bench(seconds: float) -> list[dict]:
+    """The ground cost map per frame (a 1.9-m mast, 30° down, 45° view; the mask at the model's scale) and the
+    wire size of its type-3 message, for two cell sizes."""
+    from marsseg.edge import protocol as P
+    from marsseg.edge.ground import CameraGeometry, GroundLayout, GroundProjector
+    from marsseg.edge.serial_link import grid_message
+    from marsseg.edge.sources import Frame
+    from marsseg.edge.terrain import CostTable
+
+    say("ground cost map (10 m x 10 m ahead)")
+    table = CostTable((float("nan"), 1.0, 2.0, 5.0, float("inf")))
+    rng = np.random.default_rng(0)
+    rows = []
+    for size, cell in (((128, 128), 0.1), ((128, 128), 0.2), ((256, 256), 0.1)):
+        t0 = time.perf_counter()
+        proj = GroundProjector(CameraGeometry(45, 1.9, 30), GroundLayout(cell=cell), size)
+        setup = time.perf_counter() - t0
+        mask = (rng.integers(0, 4, (size[1] // 16, size[0] // 16)) + 1).repeat(16, 0).repeat(16, 1).astype(np.uint8)
+        conf = np.full(mask.shape, 0.9, np.float32)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            g = proj(mask, conf, table)
+            n += 1
+        per = (time.perf_counter() - t0) / n
+        wire = P.wire_size(len(grid_message(g, 1, Frame("f", 0, 0.0, None), 5).payload()))
+        r = {"mask": list(size), "cell_m": cell, "grid": list(g.classes.shape), "setup_ms": round(setup * 1000, 1),
+             "ms_per_frame": round(per * 1000, 3), "wire_bytes": wire}
+        say(f"  mask {size[0]}x{size[1]}, {cell} m cells: {r['ms_per_frame']} ms/frame (set-up {r['setup_ms']} ms "
+            f"once), type-3 message {wire} B")
+        rows.append(r)
+    return rows
+
+
 def matmul_peak(seconds: float = 3.0) -> float:
     """float32 GMAC/s of a large BLAS matmul on all cores: the ceiling the model's GMAC/s is compared with."""
     a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
@@ -219,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result["edge"] = [edge_bench(int8, s, frames, Path(tmp)) for s in ((128, 128), (480, 640), (1024, 1024))]
         result["serial"] = serial_bench(int8, Path(tmp))
+    result["ground"] = ground_bench(secs / 2)
     say("compute")
     peak = matmul_peak(1.0 if a.quick else 3.0)
     best = max(r["tiles_per_s"] for r in result["interpreter"] if r["model"] == int8.name)
