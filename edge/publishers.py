@@ -297,7 +297,7 @@ class JsonLinesPublisher:
         hist = np.bincount(result.mask.ravel(), minlength=len(self.class_names)) / result.mask.size
         g = result.grid
         rec = {
-            "type": "map", "key": frame.key, "index": frame.index, "timestamp": round(frame.timestamp, 3),
+            "type": "map", "key": frame.key, "index": frame.index, "timestamp": round(frame.stamp, 3),
             "latency_ms": round(result.latency * 1000, 2), "shape": list(result.gray.shape),
             "class_fractions": {n: round(float(v), 4) for n, v in zip(self.class_names, hist, strict=False)},
             "mean_confidence": round(float(result.confidence.mean()), 4),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def _frames(path: Path, topic: str) -> Iterator[Frame]:
                 image, error = decode_image(msg, schema.name), ""
             except ValueError as e:
                 image, error = None, str(e)
-            yield Frame(f"{path.stem}-{i:06d}", i, t, image, error)
+            yield Frame(f"{path.stem}-{i:06d}", i, time.time(), image, error, recorded=t)
 
 
 def decode_image(msg, kind: str) -> np.ndarray:
@@ -140,7 +141,7 @@ class McapPublisher:
         self._seq = 0
 
     def publish(self, frame: Frame, result: Result) -> None:
-        ns = round(frame.timestamp * 1e6) * 1000  # the capture time to the microsecond (a float holds no more)
+        ns = round(frame.stamp * 1e6) * 1000  # to the microsecond (a float holds no more)
         header = {"stamp": {"sec": ns // 1_000_000_000, "nanosec": ns % 1_000_000_000}, "frame_id": "camera"}
         mask = result.full_mask()
         rgb = overlay(result.gray, mask, self.lut)

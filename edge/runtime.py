@@ -102,7 +102,8 @@ class RunStats:
     bad_frames: int = 0
     publish_errors: int = 0
     started: float = field(default_factory=time.monotonic)
-    latencies: deque = field(default_factory=lambda: deque(maxlen=10000))
+    latencies: deque = field(default_factory=lambda: deque(maxlen=10000))  # capture -> map (files: processing)
+    end_to_end: deque = field(default_factory=lambda: deque(maxlen=10000))  # capture -> every output handed on
     stage_totals: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     class_counts: np.ndarray | None = None
     confusion: np.ndarray | None = None
@@ -249,6 +250,7 @@ class Runtime:
         t4 = time.perf_counter()
         st.frames += 1
         st.latencies.append(result.latency)
+        st.end_to_end.append(time.time() - frame.timestamp)  # every source stamps its frames when it reads them
         tile, invoke = seg.timings["tile"], seg.timings["invoke"]
         for name, dt in (("capture", waited), ("preprocess", t1 - t0), ("tile", tile), ("invoke", invoke),
                          ("merge", t2 - t1 - tile - invoke), ("map", t3 - t2), ("publish", t4 - t3)):
@@ -286,6 +288,7 @@ class Runtime:
         st = self.stats
         n = max(st.frames, 1)
         lat = np.array(st.latencies) * 1000 if st.latencies else np.zeros(1)
+        e2e = np.array(st.end_to_end) * 1000 if st.end_to_end else np.zeros(1)
         total = max(int(st.class_counts.sum()), 1)
         inside = st.stage_totals["invoke"]
         processing = sum(v for k, v in st.stage_totals.items() if k != "capture")
@@ -294,6 +297,8 @@ class Runtime:
             "dropped": self.source.stats.dropped, "reconnects": self.source.stats.reconnects,
             "fps": round(st.fps(), 3), "latency_ms_mean": round(float(lat.mean()), 2),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
+            "capture_to_published_ms_mean": round(float(e2e.mean()), 2),
+            "capture_to_published_ms_p95": round(float(np.percentile(e2e, 95)), 2),
             "stage_ms_mean": {k: round(v / n * 1000, 3) for k, v in st.stage_totals.items()},
             "outside_invoke_share": round(1 - inside / processing, 4) if processing else None,
             "class_histogram": {c: round(int(k) / total, 4)

@@ -41,7 +41,7 @@ def map_budget(baud: int, map_rate: float) -> int:
 def grid_message(grid: TerrainGrid | GroundGrid, seq: int, frame: Frame, num_classes: int) -> P.GridMessage:
     """The image grid as a type-1 message, the ground map (cells and origin in millimetres) as type 3."""
     planes = (grid.classes, np.clip(np.rint(grid.confidence * 255), 0, 255).astype(np.uint8), P.cost_to_byte(grid.cost))
-    stamp = int(frame.timestamp * 1e6)
+    stamp = int(frame.stamp * 1e6)
     if isinstance(grid, GroundGrid):
         mm = round(grid.cell * 1000)
         return P.GroundMessage(P.Header(P.TYPE_GROUND, seq, stamp, frame.index), (mm, mm),

@@ -40,6 +40,12 @@ class Frame:
     image: np.ndarray | None  # None when the frame could not be read (counted, skipped)
     error: str = ""
     truth: np.ndarray | None = None  # ground-truth mask, when the source carries one (frames .npz)
+    recorded: float | None = None  # when a recording says the frame was taken (ROS 2 .mcap header stamps)
+
+    @property
+    def stamp(self) -> float:
+        """The time outputs carry: the recorded time of a replayed frame, else the capture time."""
+        return self.recorded if self.recorded is not None else self.timestamp
 
 
 @dataclass

@@ -48,6 +48,7 @@ def test_folder_to_masks_overlays_grids(frame_folder, tmp_path):
     s = json.loads(summary.read_text())
     assert s["frames"] == 5 and s["bad_frames"] == 0
     assert set(s["stage_ms_mean"]) == {"capture", "preprocess", "tile", "invoke", "merge", "map", "publish"}
+    assert s["capture_to_published_ms_mean"] >= s["latency_ms_mean"] > 0  # read -> handed to every output
     assert not list(out.glob(".*"))  # no temp files left behind
 
 

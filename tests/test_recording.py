@@ -1,5 +1,6 @@
 """ROS 2 recordings (MCAP) through the runtime: frames in with their stamps, masks/overlays/cost map out."""
 
+import json
 import struct
 from types import SimpleNamespace
 
@@ -101,9 +102,14 @@ def test_a_recording_from_another_writer_reads(tmp_path, capsys):
             data = cdr_compressed(STAMP0, i * 1000, "cam", "png", png)
             w.add_message(channel, log_time=5 + i, publish_time=5 + i, data=data)
         w.finish()
-    assert main(["--source", str(src), "--model", str(TINY_MODEL), "--jsonl", "--queue", "0"]) == 0  # one topic
+    summary = tmp_path / "s.json"
+    assert main(["--source", str(src), "--model", str(TINY_MODEL), "--jsonl", "--summary-json", str(summary),
+                 "--output", str(tmp_path / "out")]) == 0  # one image topic: no --topic needed
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     assert len(lines) == 2 and '"timestamp": 1700000000.0' in lines[0] and '"shape": [128, 128]' in lines[0]
+    s = json.loads(summary.read_text())  # latencies from when the frames were read, not from their 2023 stamps
+    assert 0 < s["capture_to_published_ms_mean"] < 60_000
+    assert all(0 < o["latency_ms_max"] < 60_000 for o in s["outputs"].values())
 
 
 @pytest.mark.parametrize(("args", "words"), [
