@@ -5,9 +5,9 @@
   /frame.jpg     the newest overlay;  /costmap.png  the newest cost map (ground map if on, else the image grid)
   /stats.json    fps, per-stage ms, dropped and bad frames, class fractions, the newest frame's key
 
-The publisher keeps only the newest result (a reference: nothing is copied in the frame loop) and pictures are
-encoded on the viewers' threads, once per frame however many watch; nobody watching costs nothing, and a viewer
-that goes away ends its own thread. Listens on localhost unless a host is given.
+The publisher keeps only the newest result (the frame's one `detached` copy, shared with the queued outputs);
+pictures are encoded on the viewers' threads, once per frame however many watch, so nobody watching costs
+nothing, and a viewer that goes away ends its own thread. Listens on localhost unless a host is given.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class LiveView:
         log.info("live view on http://%s/", self.address)
 
     def publish(self, frame: Frame, result: Result) -> None:
+        result = result.detached()  # pictures are made later, on viewers' threads: not from reused buffers
         with self._cond:
             self._latest, self._count = (frame, result), self._count + 1
             self._cache.clear()

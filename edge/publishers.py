@@ -43,7 +43,19 @@ class Result:
     grid: TerrainGrid | None = None  # the runtime's map (`grid_at`), cells in the input's pixels
     latency: float = 0.0  # seconds from capture to map
     ground: GroundGrid | None = None  # the ground cost map in metres (`--camera-height`), else None
+    owned: bool = False  # the arrays are this result's own, not the segmenter's buffers reused next frame
     _full: dict = dataclasses.field(default_factory=dict, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def detached(self) -> Result:
+        """A result that outlives its frame (the segmenter reuses its buffers): made once per frame and shared by
+        every output that keeps it (queues, the live view); what was already brought to the frame's size is
+        kept, and each size is made once however many outputs ask, from whichever thread asks first."""
+        if self.owned:
+            return self
+        full = {k: v for k, v in self._full.items() if v is not self.mask and v is not self.confidence}
+        return dataclasses.replace(self, mask=self.mask.copy(), confidence=self.confidence.copy(), owned=True,
+                                   _full=full, _lock=threading.Lock())
 
     def grid_at(self, cell: int, table: CostTable) -> TerrainGrid:
         """The terrain grid of `cell`-pixel cells over the frame.
@@ -62,16 +74,18 @@ class Result:
 
     def full_mask(self) -> np.ndarray:
         """The class ids at the input's size (nearest neighbour: every class id stays a class id)."""
-        if "mask" not in self._full:
-            self._full["mask"] = _fit(self.mask, self.gray.shape)
-        return self._full["mask"]
+        with self._lock:
+            if "mask" not in self._full:
+                self._full["mask"] = _fit(self.mask, self.gray.shape)
+            return self._full["mask"]
 
     def full_confidence(self) -> np.ndarray:
-        if "confidence" not in self._full:
-            c = self.confidence
-            self._full["confidence"] = c if c.shape == self.gray.shape else cv2.resize(
-                c, (self.gray.shape[1], self.gray.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return self._full["confidence"]
+        with self._lock:
+            if "confidence" not in self._full:
+                c = self.confidence
+                self._full["confidence"] = c if c.shape == self.gray.shape else cv2.resize(
+                    c, (self.gray.shape[1], self.gray.shape[0]), interpolation=cv2.INTER_LINEAR)
+            return self._full["confidence"]
 
 
 class Publisher(Protocol):
@@ -97,7 +111,7 @@ class Queued:
     `block=False` drops the oldest waiting result; both are counted (`stats`). A failure inside the worker is
     raised from the next `publish` call, so the runtime counts and reports it as for an inline publisher.
     `close` publishes what is queued, then closes the inner publisher. The runtime's buffers are reused for the
-    next frame, so the mask and confidence are copied in (the frame and grid are new each frame).
+    next frame, so the queue keeps a `detached` result (one copy per frame, shared by every queue).
     """
 
     def __init__(self, inner: Publisher, depth: int, block: bool, name: str = "") -> None:
@@ -112,7 +126,7 @@ class Queued:
         self._thread.start()
 
     def publish(self, frame: Frame, result: Result) -> None:
-        result = dataclasses.replace(result, mask=result.mask.copy(), confidence=result.confidence.copy(), _full={})
+        result = result.detached()  # no copy when the runtime already made one for all outputs
         with self._cond:
             if self.block and len(self._queue) >= self.depth:
                 t0 = time.perf_counter()

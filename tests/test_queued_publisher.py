@@ -80,3 +80,32 @@ def test_a_failure_in_the_worker_reaches_the_runtime_on_the_next_publish():
         q.publish(*item(2, buf))  # counted by the runtime like an inline publisher's failure
     q.close()
     assert out.got == [(0, 0), (2, 2)] and q.stats.errors == 1 and q.stats.published == 2
+
+
+def test_one_copy_per_frame_shared_by_every_output_and_sized_once():
+    """The runtime detaches a frame's result once; every queue keeps that same copy, and the mask brought to the
+    frame's size is made once, whichever output thread asks first."""
+    buffer = np.zeros((8, 8), np.uint8)
+    frame, res = item(3, buffer)
+    res = Result(np.zeros((32, 32), np.uint8), buffer, np.ones((8, 8), np.float32), res.grid)  # model scale 1/4
+    shared = res.detached()
+    assert shared.detached() is shared and shared.mask is not buffer
+    buffer[...] = 0  # the segmenter's next frame
+    assert (shared.mask == 3).all()
+    sizes = []
+    threads = [threading.Thread(target=lambda: sizes.append(shared.full_mask())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s is sizes[0] for s in sizes) and sizes[0].shape == (32, 32) and (sizes[0] == 3).all()
+    outs = [Gated(), Gated()]
+    queues = [Queued(o, 2, block=True) for o in outs]
+    for q in queues:
+        q.publish(frame, shared)
+        assert q._queue[0][1] is shared  # kept as is: no second copy
+    for o in outs:
+        o.gate.release()
+    for q in queues:
+        q.close()
+    assert [o.got for o in outs] == [[(3, 3)], [(3, 3)]]
