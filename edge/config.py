@@ -61,8 +61,8 @@ class EdgeConfig:
                                "a 1024x1024 frame at overlap 0.25 is 231)", "model", 1)
     output: str | None = _opt(None, "folder for NAME.png class masks and NAME_overlay.png", "outputs")
     overlay: bool = _opt(True, "with --output, also NAME_overlay.png", "outputs")
-    mask_size: str = _opt("input", "saved class masks at the input's size (default) or at the scale the model ran "
-                                   "at", "outputs", choices=MASK_SIZES)
+    mask_size: str = _opt("input", "saved class masks and overlays at the input's size (default) or at the scale "
+                                   "the model ran at", "outputs", choices=MASK_SIZES)
     npz: bool = _opt(False, "also NAME_map.npz (mask, confidence, grid)", "outputs")
     png_level: int = _opt(1, "PNG zlib level 0-9 (default 1: fastest that compresses)", "outputs", 0, 9,
                           hint="zlib level: 0 stored, 1 fastest, 9 smallest")

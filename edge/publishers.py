@@ -194,8 +194,9 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
 
 
 class FilePublisher:
-    """`NAME.png` (class ids, 8-bit), `NAME_overlay.png`, optionally `NAME_map.npz`; atomic. The mask (and the
-    npz's confidence) at the input's size, or with `mask_size="model"` at the scale the model ran at."""
+    """`NAME.png` (class ids, 8-bit), `NAME_overlay.png`, optionally `NAME_map.npz`; atomic. The mask, the
+    overlay and the npz's confidence at the input's size, or with `mask_size="model"` at the scale the model ran
+    at (a 1024² navcam frame: 64× fewer pixels to encode)."""
 
     def __init__(self, out_dir: Path, lut: np.ndarray, overlay: bool = True, npz: bool = False,
                  mask_size: str = "input", png_level: int = 1, npz_compress: bool = True) -> None:
@@ -209,8 +210,10 @@ class FilePublisher:
     def publish(self, frame: Frame, result: Result) -> None:
         mask = result.full_mask() if self.full else result.mask
         write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(mask, self.png_level))
-        if self.overlay:
-            rgb = overlay(result.gray, result.full_mask(), self.lut)
+        if self.overlay:  # at the mask's size: the frame brought down to the model's scale when masks stay there
+            base = result.gray if self.full or mask.shape == result.gray.shape else cv2.resize(
+                result.gray, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_AREA)
+            rgb = overlay(base, mask, self.lut)
             write_bytes_atomic(self.out_dir / f"{frame.key}_overlay.png",
                                encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), self.png_level))
         if self.npz:

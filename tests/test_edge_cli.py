@@ -190,3 +190,17 @@ def test_bundled_model_segments_the_bundled_clip(tmp_path):
     # bundle lands far below
     assert s["mean_iou"] >= 0.6, s
     assert len(list((tmp_path / "demo").glob("*_overlay.png"))) == 24
+
+
+@pytest.mark.parametrize(("mask_size", "side"), [("input", 256), ("model", 128)])
+def test_saved_products_at_the_input_or_the_model_scale(tmp_path, mask_size, side):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "a.png"), cv2.resize(synthetic_frames(n=1)[0][0], (256, 256)))
+    out = tmp_path / "out"
+    r = run_edge(frames, out, "--scale", "0.5", "--mask-size", mask_size, "--npz")
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).shape == (side, side)
+    assert cv2.imread(str(out / "a_overlay.png")).shape == (side, side, 3)
+    with np.load(out / "a_map.npz") as z:
+        assert z["mask"].shape == z["confidence"].shape == (side, side)
