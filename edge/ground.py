@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from marsseg.edge.terrain import CostTable, cells_from_counts
+from marsseg.edge.terrain import CostTable, cell_counts, cells_from_counts
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,14 @@ class GroundProjector:
         with np.errstate(divide="ignore", invalid="ignore"):
             pu, pv = np.floor(p[0] / p[2]), np.floor(p[1] / p[2])
         visible = self._in_front(cx, cy) & (pu >= 0) & (pu < w) & (pv >= 0) & (pv < h)
-        self.cell_pixel = np.where(visible, np.nan_to_num(pv) * w + np.nan_to_num(pu), -1).astype(np.int64)
-        self.seen = ((np.bincount(self.pixel_cell[inside], minlength=rows * cols) > 0) | visible).reshape(rows, cols)
+        cell_pixel = np.where(visible, np.nan_to_num(pv) * w + np.nan_to_num(pu), -1).astype(np.int64)
+        hit = np.bincount(self.pixel_cell[inside], minlength=rows * cols) > 0
+        self.seen = (hit | visible).reshape(rows, cols)
+        # what a frame is sampled at, fixed by the geometry: every landing pixel for its cell, and for each cell in
+        # view that no pixel centre lands in, the pixel its centre falls on
+        between = np.flatnonzero(visible & ~hit)
+        self._cells = np.concatenate([self.pixel_cell[inside], between])
+        self._pixels = np.concatenate([np.flatnonzero(inside), cell_pixel[between]])
 
     def _in_front(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Ground points in front of the camera (a ray above the horizon meets the plane behind it)."""
@@ -158,13 +164,7 @@ class GroundProjector:
         if mask.shape != (h, w):
             raise ValueError(f"mask {mask.shape} does not match the projector's image size {h}x{w}")
         rows, cols, n = self.layout.rows, self.layout.cols, len(table.costs)
-        keep = self.pixel_cell >= 0
-        cell, cls, conf = self.pixel_cell[keep], np.minimum(mask.ravel()[keep], n), confidence.ravel()[keep]
-        counts = np.bincount(cell * (n + 1) + cls, minlength=rows * cols * (n + 1)).reshape(-1, n + 1)
-        conf_sum = np.bincount(cell, conf, minlength=rows * cols)
-        empty = (counts.sum(1) == 0) & (self.cell_pixel >= 0)  # in view, but between pixel centres
-        pix = self.cell_pixel[empty]
-        counts[np.flatnonzero(empty), np.minimum(mask.ravel()[pix], n)] = 1
-        conf_sum[empty] = confidence.ravel()[pix]
-        return GroundGrid(self.layout.cell, self.layout.origin, *cells_from_counts(counts.reshape(rows, cols, n + 1),
-                                                          conf_sum.reshape(rows, cols), table), self.seen)
+        counts, conf_sum = cell_counts(self._cells, mask.ravel()[self._pixels], confidence.ravel()[self._pixels],
+                                       rows * cols, n)
+        cells = cells_from_counts(counts.reshape(rows, cols, n + 1), conf_sum.reshape(rows, cols), table)
+        return GroundGrid(self.layout.cell, self.layout.origin, *cells, self.seen)

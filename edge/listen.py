@@ -37,8 +37,7 @@ def describe(msg: P.Message) -> dict:
         return {"type": "heartbeat", **base, **d}
     rows, cols = msg.classes.shape
     hist = np.bincount(msg.classes.ravel(), minlength=msg.num_classes) / msg.classes.size
-    kind = "ground" if isinstance(msg, P.GroundMessage) else "grid"  # ground: cell and origin in mm, rover frame
-    return {"type": kind, **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
+    return {"type": msg.KIND, **base, "rows": rows, "cols": cols, "cell": list(msg.cell), "origin": list(msg.origin),
             "encoding": P.ENCODING_NAMES[msg.encoding], "classes": msg.classes.tolist(),
             "cost": msg.cost.tolist(), "class_fractions": [round(float(x), 3) for x in hist],
             "lethal_cells": int((msg.cost == P.COST_LETHAL).sum())}
@@ -58,8 +57,7 @@ def save_grid(msg: P.GridMessage, out_dir: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, classes=msg.classes, confidence=msg.confidence, cost=P.byte_to_cost(msg.cost),
                         cell=np.array(msg.cell), origin=np.array(msg.origin))
-    kind = "ground" if isinstance(msg, P.GroundMessage) else "grid"
-    write_bytes_atomic(out_dir / f"{kind}_{msg.header.frame_id:08d}_{msg.header.seq:08d}.npz", buf.getvalue())
+    write_bytes_atomic(out_dir / f"{msg.KIND}_{msg.header.frame_id:08d}_{msg.header.seq:08d}.npz", buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,8 @@ def cost_picture(cost: np.ndarray, scale: int) -> np.ndarray:
 class LiveView:
     """A publisher that serves the newest result over HTTP."""
 
+    keeps_results = True
+
     def __init__(self, address: str, lut: np.ndarray, class_names: tuple[str, ...],
                  figures: Callable[[], dict]) -> None:
         """`figures`: the runtime's live summary (fps, stage times, drops), read when a viewer asks."""
@@ -93,6 +95,7 @@ class LiveView:
         self._latest: tuple[Frame, Result] | None = None
         self._count = 0  # frames published so far: a viewer waits for it to move
         self._cache: dict[tuple[str, int], bytes] = {}  # (picture, frame count) -> encoded bytes
+        self._encoding = threading.Lock()  # one viewer encodes a frame's picture; the others wait and share it
         self._closed = False
         self.server = ThreadingHTTPServer(parse_address(address), _handler(self))
         self.server.daemon_threads = True
@@ -127,24 +130,24 @@ class LiveView:
 
     def picture(self, kind: str) -> tuple[bytes, int] | None:
         """The newest overlay (JPEG) or cost map (PNG) and its frame count, encoded once per frame."""
-        with self._cond:
-            latest, count = self._latest, self._count
-            cached = self._cache.get((kind, count))
-        if latest is None:
-            return None
-        if cached is None:
-            _, result = latest
-            if kind == "jpg":
-                rgb = overlay(result.gray, result.full_mask(), self.lut)
-                cached = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
-            else:
-                cost = result.ground.cost if result.ground is not None else result.grid.cost
-                cached = cv2.imencode(".png", cost_picture(cost, max(1, 400 // max(cost.shape))))[1]
-            cached = cached.tobytes()
+        with self._encoding:
             with self._cond:
-                if count == self._count:
-                    self._cache[(kind, count)] = cached
-        return cached, count
+                latest, count = self._latest, self._count
+                cached = self._cache.get((kind, count))
+            if latest is None:
+                return None
+            if cached is None:
+                _, result = latest
+                if kind == "jpg":
+                    rgb = cv2.cvtColor(overlay(result.gray, result.full_mask(), self.lut), cv2.COLOR_RGB2BGR)
+                    cached = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+                else:
+                    cost = result.ground.cost if result.ground is not None else result.grid.cost
+                    cached = cv2.imencode(".png", cost_picture(cost, max(1, 400 // max(cost.shape))))[1].tobytes()
+                with self._cond:
+                    if count == self._count:
+                        self._cache[(kind, count)] = cached
+            return cached, count
 
     def stats(self) -> dict:
         with self._cond:

@@ -143,6 +143,8 @@ def byte_to_cost(b: np.ndarray) -> np.ndarray:
 class GridMessage:
     """Terrain grid: per cell class id, confidence (0..255 = 0..1) and cost byte (see COST_*)."""
 
+    KIND = "grid"  # what receivers call it (`marsseg-listen` output and file names)
+
     header: Header
     cell: tuple[int, int]
     origin: tuple[int, int]
@@ -205,6 +207,8 @@ class GroundMessage(GridMessage):
     """Ground cost map (type 3): the same three planes, on the ground in the rover frame (x forward, y left).
     `cell` is (cell_mm, cell_mm); `origin` is (x_mm, y_mm) of cell (0, 0)'s corner; row i runs along x, column j
     along y."""
+
+    KIND = "ground"
 
     def _pack_head(self, rows: int, cols: int) -> bytes:
         return GROUND_HEAD.pack(rows, cols, self.cell[0], *self.origin, self.encoding, self.num_classes)

@@ -89,6 +89,9 @@ class Result:
 
 
 class Publisher(Protocol):
+    """An output. One that holds results past its `publish` call sets `keeps_results = True`: the runtime then
+    hands every output one `detached` copy of the frame's result instead of its reused buffers."""
+
     def publish(self, frame: Frame, result: Result) -> None: ...
 
     def close(self) -> None: ...
@@ -113,6 +116,8 @@ class Queued:
     `close` publishes what is queued, then closes the inner publisher. The runtime's buffers are reused for the
     next frame, so the queue keeps a `detached` result (one copy per frame, shared by every queue).
     """
+
+    keeps_results = True
 
     def __init__(self, inner: Publisher, depth: int, block: bool, name: str = "") -> None:
         self.inner, self.depth, self.block = inner, depth, block
@@ -297,6 +302,12 @@ class VideoPublisher:
         self.tmp.replace(self.path)
 
 
+def _cells_json(classes: np.ndarray, cost: np.ndarray) -> dict:
+    """A grid's cells for JSON: its size, class ids and costs ("inf", null for unknown)."""
+    return {"rows": classes.shape[0], "cols": classes.shape[1], "classes": classes.tolist(),
+            "cost": [[_json_float(float(c)) for c in r] for r in cost]}
+
+
 def _json_float(x: float) -> float | str | None:
     if math.isnan(x):
         return None
@@ -318,14 +329,11 @@ class JsonLinesPublisher:
             "latency_ms": round(result.latency * 1000, 2), "shape": list(result.gray.shape),
             "class_fractions": {n: round(float(v), 4) for n, v in zip(self.class_names, hist, strict=False)},
             "mean_confidence": round(float(result.confidence.mean()), 4),
-            "grid": {"cell": list(g.cell), "origin": list(g.origin), "rows": g.shape[0], "cols": g.shape[1],
-                     "classes": g.classes.tolist(), "cost": [[_json_float(float(c)) for c in r] for r in g.cost]},
+            "grid": {"cell": list(g.cell), "origin": list(g.origin), **_cells_json(g.classes, g.cost)},
         }
         if result.ground is not None:
             gg = result.ground
-            rec["ground"] = {"cell_m": gg.cell, "origin_m": list(gg.origin), "rows": gg.classes.shape[0],
-                             "cols": gg.classes.shape[1], "classes": gg.classes.tolist(),
-                             "cost": [[_json_float(float(c)) for c in r] for r in gg.cost]}
+            rec["ground"] = {"cell_m": gg.cell, "origin_m": list(gg.origin), **_cells_json(gg.classes, gg.cost)}
         self.stream.write(json.dumps(rec) + "\n")
         self.stream.flush()
 

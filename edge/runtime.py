@@ -16,9 +16,8 @@ from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.core.tiling import count_tiles
 from marsseg.edge.config import EdgeConfig
 from marsseg.edge.ground import GroundProjector
-from marsseg.edge.live import LiveView
 from marsseg.edge.pipeline import Segmenter
-from marsseg.edge.publishers import Publisher, Queued, Result
+from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
 from marsseg.edge.terrain import CostTable
 
@@ -239,7 +238,7 @@ class Runtime:
             result.ground = self._projector(seg.mask.shape)(seg.mask, seg.confidence, self.table)
         t3 = time.perf_counter()
         result.latency = time.time() - frame.timestamp if self.source.live else t3 - t0
-        if any(isinstance(p, Queued | LiveView) for p in self.publishers):
+        if any(getattr(p, "keeps_results", False) for p in self.publishers):
             result = result.detached()  # one copy of this frame's arrays for every output that keeps them
         for i, p in enumerate(self.publishers):
             try:

@@ -50,12 +50,18 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
         raise ValueError(f"cell size must be positive, got {cell}")
     rows, cols = math.ceil(h / ch), math.ceil(w / cw)
     n = len(table.costs)
-    # one bincount over (cell, class) pairs: every pixel once, no pass per class; ids outside the table count as area
     cell = (np.arange(h) // ch)[:, None] * cols + (np.arange(w) // cw)[None, :]
-    pairs = cell * (n + 1) + np.minimum(mask, n)
-    counts = np.bincount(pairs.ravel(), minlength=rows * cols * (n + 1)).reshape(rows, cols, n + 1)
-    conf_sum = np.bincount(cell.ravel(), confidence.ravel(), minlength=rows * cols).reshape(rows, cols)
-    return TerrainGrid((ch, cw), (0, 0), *cells_from_counts(counts, conf_sum, table))
+    counts, conf_sum = cell_counts(cell, mask, confidence, rows * cols, n)
+    return TerrainGrid((ch, cw), (0, 0), *cells_from_counts(counts.reshape(rows, cols, n + 1),
+                                                            conf_sum.reshape(rows, cols), table))
+
+
+def cell_counts(cell: np.ndarray, mask: np.ndarray, confidence: np.ndarray, cells: int,
+                n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels per (cell, class) (cells, n + 1; ids outside the table count as area in the last column) and summed
+    confidence per cell, for pixels whose cell index is `cell`: one bincount each, no pass per class or cell."""
+    counts = np.bincount((cell * (n + 1) + np.minimum(mask, n)).ravel(), minlength=cells * (n + 1))
+    return counts.reshape(cells, n + 1), np.bincount(cell.ravel(), confidence.ravel(), minlength=cells)
 
 
 def cells_from_counts(counts: np.ndarray, conf_sum: np.ndarray, table: CostTable) -> tuple[np.ndarray, ...]:

@@ -92,6 +92,13 @@ def process_index() -> int:
     return jax.process_index()
 
 
+def own_rows(n: int) -> slice:
+    """This process's share of a global batch of `n` rows (`n` divides by the number of processes): every process
+    holds the same batch and feeds its own slice of it."""
+    share = n // process_count()
+    return slice(process_index() * share, (process_index() + 1) * share)
+
+
 def any_process(flag: bool) -> bool:
     """True on every process when it is true on any: a decision to stop must be taken by all of them together
     (a process that trained on alone would wait for the others forever)."""

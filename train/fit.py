@@ -90,12 +90,13 @@ class TrainTiles(keras.utils.PyDataset):
         if self.epoch is None:
             self._make(self.first_epoch)
         x, y, soft = self.epoch
-        b, n = self.phase.optim.batch_size, len(x)
-        share = (min((i + 1) * b, n) - i * b) // cluster.process_count()  # every process makes the same epoch
-        s = slice(i * b + cluster.process_index() * share, i * b + (cluster.process_index() + 1) * share)
+        b = self.phase.optim.batch_size
+        x, y = x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
+        mine = cluster.own_rows(len(x))  # every process makes the same epoch and takes its share of each batch
         if soft is None:
-            return preprocess(x[s]), y[s].astype(np.int32)
-        return preprocess(x[s]), np.concatenate([y[s, ..., None], soft[s]], axis=-1, dtype=np.float32)
+            return preprocess(x[mine]), y[mine].astype(np.int32)
+        soft = soft[i * b : (i + 1) * b]
+        return preprocess(x[mine]), np.concatenate([y[mine, ..., None], soft[mine]], axis=-1, dtype=np.float32)
 
 
 @contextlib.contextmanager

@@ -55,9 +55,8 @@ def answer_batch(model: keras.Model, x: np.ndarray) -> np.ndarray:
         _FORWARD[model] = jax.jit(lambda tv, ntv, b: model.stateless_call(tv, ntv, b, training=False)[0])
     n = len(x)
     x = np.concatenate([x, np.zeros((-n % data_parallel_devices(), *x.shape[1:]), x.dtype)])  # equal shares
-    share = len(x) // cluster.process_count()
     layout = keras.distribution.distribution().get_data_layout(x.shape).backend_layout
-    local = x[cluster.process_index() * share : (cluster.process_index() + 1) * share]
+    local = x[cluster.own_rows(len(x))]
     out = _FORWARD[model]([v.value for v in model.trainable_variables],
                           [v.value for v in model.non_trainable_variables],
                           jax.make_array_from_process_local_data(layout, local))
