@@ -122,20 +122,6 @@ def set_input(interp: Any, batch: np.ndarray) -> None:
     interp.set_tensor(info.index, batch)
 
 
-def get_output(interp: Any, out: np.ndarray | None = None) -> np.ndarray:
-    """The output as float32, dequantized as (q - zero_point) * scale for quantized tensors."""
-    info = output_info(interp)
-    raw = interp.get_tensor(info.index)
-    if out is None:
-        out = np.empty(raw.shape, np.float32)
-    if info.scale:
-        np.subtract(raw, np.float32(info.zero_point), out=out, dtype=np.float32)
-        out *= np.float32(info.scale)
-    else:
-        out[...] = raw
-    return out
-
-
 def op_names(interp: Any) -> list[str]:
     """Builtin op names in execution order."""
     return [d["op_name"] for d in interp._get_ops_details()]

@@ -95,31 +95,39 @@ def blend_window(tile_shape: tuple[int, int]) -> np.ndarray:
 
 
 class Merger:
-    """Blends per-tile predictions (N, th, tw, C) back into one frame, reusing its buffers.
+    """Blends per-tile predictions (N, th, tw, C) back into one frame and decides each pixel, reusing its buffers.
 
-    Allocate one per frame shape; call `reset()` (or `merge()`, which does it) for every frame. Where no two tiles
-    overlap (a frame that is a whole number of tiles at overlap 0), every pixel has one tile and the blend is that
-    tile: the tiles are pasted, with no weighting, no division and no clearing between frames.
+    Allocate one per frame shape. Predictions are accumulated as class planes (C, H, W), so the per-pixel decision
+    reads whole contiguous planes (NumPy reduces a short last axis several times slower). Tiles may be raw
+    quantized outputs: blending is linear and the weights positive, so blending raw values and dequantizing the
+    one confidence plane at the end equals blending probabilities, without a pass over every tile to dequantize.
+    Where no two tiles overlap (a frame that is a whole number of tiles at overlap 0), every pixel has one tile
+    and the blend is that tile: the tiles are pasted, with no weighting, no division and no clearing between frames.
     """
 
     def __init__(self, grid: TileGrid, channels: int) -> None:
         self.grid = grid
         self.channels = channels
-        self.window = blend_window(grid.tile_shape)[..., None]
+        self.window = blend_window(grid.tile_shape)
         hp, wp = grid.padded_shape
-        self._acc = np.zeros((hp, wp, channels), dtype=np.float32)
-        self._weights = np.zeros((hp, wp, 1), dtype=np.float32)
-        covered = np.zeros((hp, wp), np.int32)
+        h, w = grid.frame_shape
         th, tw = grid.tile_shape
+        self._acc = np.zeros((channels, hp, wp), dtype=np.float32)
+        self._weights = np.zeros((hp, wp), dtype=np.float32)
+        covered = np.zeros((hp, wp), np.int32)
         for y, x in grid.boxes:  # summed weights depend on geometry only: computed once
             self._weights[y : y + th, x : x + tw] += self.window
             covered[y : y + th, x : x + tw] += 1
         self.disjoint = bool(covered.max() == 1)
-        self._weighted = np.empty((th, tw, channels), dtype=np.float32)
+        self._inverse = (1.0 / self._weights[:h, :w]).astype(np.float32)
+        self._weighted = np.empty((channels, th, tw), dtype=np.float32)
+        self._found = np.empty((h, w), bool)
+        self._equal = np.empty((h, w), bool)
+        self._blend: np.ndarray | None = None  # normalized blend, only for `result()`
 
     @property
     def weights(self) -> np.ndarray:
-        """Summed blend weight per padded pixel (H, W, 1); > 0 wherever a tile covers."""
+        """Summed blend weight per padded pixel (H, W); > 0 wherever a tile covers."""
         return self._weights
 
     def reset(self) -> None:
@@ -130,24 +138,56 @@ class Merger:
         """Accumulate tile `index`'s prediction (th, tw, C); order of calls does not matter."""
         y, x = self.grid.boxes[index]
         th, tw = self.grid.tile_shape
+        planes = np.moveaxis(tile, -1, 0)
         if self.disjoint:
-            self._acc[y : y + th, x : x + tw] = tile
+            self._acc[:, y : y + th, x : x + tw] = planes
             return
-        np.multiply(tile, self.window, out=self._weighted)
-        self._acc[y : y + th, x : x + tw] += self._weighted
+        np.multiply(planes, self.window, out=self._weighted, dtype=np.float32)
+        self._acc[:, y : y + th, x : x + tw] += self._weighted
 
-    def result(self) -> np.ndarray:
-        """Blended prediction cropped to the frame (H, W, C); a view into an internal buffer."""
-        h, w = self.grid.frame_shape
-        if not self.disjoint:
-            np.divide(self._acc, self._weights, out=self._acc)
-        return self._acc[:h, :w]
-
-    def merge(self, tiles: np.ndarray) -> np.ndarray:
-        """Blend a whole batch (N, th, tw, C) of one frame's tiles."""
+    def accumulate(self, tiles: np.ndarray) -> None:
+        """Blend a whole batch (N, th, tw, C) of one frame's tiles, ready for `decide` or `result`."""
         if tiles.shape[0] != len(self.grid):
             raise ValueError(f"expected {len(self.grid)} tiles for this grid, got {tiles.shape[0]}")
         self.reset()
         for i in range(len(self.grid)):
             self.add(i, tiles[i])
+
+    def decide(self, mask: np.ndarray, confidence: np.ndarray, scale: float = 1.0, zero_point: float = 0.0) -> None:
+        """Each frame pixel's first most likely class into `mask` (uint8 H, W; `argmax`'s rule for ties) and its
+        blended value, dequantized as (v - zero_point) * scale, into `confidence` (float32 H, W).
+
+        The class is counted rather than searched: the number of leading planes before the first one that holds
+        the maximum, a few whole-plane comparisons instead of NumPy's per-pixel argmax over a short axis.
+        """
+        h, w = self.grid.frame_shape
+        acc = self._acc[:, :h, :w]
+        best, found, equal = confidence, self._found, self._equal
+        np.max(acc, axis=0, out=best)
+        np.equal(acc[0], best, out=found)
+        mask.fill(0)
+        for c in range(1, self.channels):
+            np.logical_not(found, out=equal)
+            np.add(mask, equal, out=mask, casting="unsafe")
+            np.equal(acc[c], best, out=equal)
+            found |= equal
+        if not self.disjoint:
+            best *= self._inverse
+        if scale != 1.0 or zero_point != 0.0:
+            best -= np.float32(zero_point)
+            best *= np.float32(scale)
+
+    def result(self) -> np.ndarray:
+        """Blended prediction cropped to the frame (H, W, C) (not dequantized); a view into an internal buffer."""
+        h, w = self.grid.frame_shape
+        if self._blend is None:
+            self._blend = np.empty_like(self._acc[:, :h, :w])
+        np.copyto(self._blend, self._acc[:, :h, :w])
+        if not self.disjoint:
+            self._blend *= self._inverse
+        return np.moveaxis(self._blend, 0, -1)
+
+    def merge(self, tiles: np.ndarray) -> np.ndarray:
+        """Blend a whole batch (N, th, tw, C) of one frame's tiles into probabilities (H, W, C)."""
+        self.accumulate(tiles)
         return self.result()

@@ -10,6 +10,7 @@ corner of the frame (the origin), rows go down and columns right, in image pixel
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -50,10 +51,18 @@ def terrain_grid(mask: np.ndarray, confidence: np.ndarray, cell: tuple[int, int]
         raise ValueError(f"cell size must be positive, got {cell}")
     rows, cols = math.ceil(h / ch), math.ceil(w / cw)
     n = len(table.costs)
-    cell = (np.arange(h) // ch)[:, None] * cols + (np.arange(w) // cw)[None, :]
-    counts, conf_sum = cell_counts(cell, mask, confidence, rows * cols, n)
+    counts, conf_sum = cell_counts(_cell_index(h, w, ch, cw), mask, confidence, rows * cols, n)
     return TerrainGrid((ch, cw), (0, 0), *cells_from_counts(counts.reshape(rows, cols, n + 1),
                                                             conf_sum.reshape(rows, cols), table))
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_index(h: int, w: int, ch: int, cw: int) -> np.ndarray:
+    """Each pixel's row-major cell number; the same for every frame of a stream, so made once (read-only)."""
+    cols = math.ceil(w / cw)
+    index = (np.arange(h) // ch)[:, None] * cols + (np.arange(w) // cw)[None, :]
+    index.flags.writeable = False
+    return index
 
 
 def cell_counts(cell: np.ndarray, mask: np.ndarray, confidence: np.ndarray, cells: int,

@@ -3,9 +3,10 @@
   python -m tools.side_by_side [--output bench/results] [--quick]
 
 Cases: 128x128 frames at overlap 0 and 0.25, and 1024x1024 frames at the model's ground scale (`--scale 0.125`),
-each without outputs and with `--output --no-overlay` (the class mask PNG at the input's size). For each:
-- `edge`: frames/s of `marsseg-edge FOLDER [OUT] --summary-json` (its own count, start-up excluded);
-- `naive`: a plain loop with the same model: read the PNG, resize like the runtime, one batch-1 invoke per tile
+read from PNG files and, as a camera delivers them, raw (one uncompressed frames .npz: no decoding); each without
+outputs and with `--output --no-overlay` (the class mask PNG at the input's size). For each:
+- `edge`: frames/s of `marsseg-edge SOURCE [OUT] --summary-json` (its own count, start-up excluded);
+- `naive`: a plain loop with the same model: read the frame, resize like the runtime, one batch-1 invoke per tile
   at the runtime's tile positions, argmax pasted into a mask (no blending), write the mask PNG when outputs are on;
 - `invoke_limit`: frames/s the interpreter alone reaches with that many tiles per frame in one batch.
 Each is the best of `--repeats` runs (3). Ratios: edge / naive, and each as a fraction of the invoke-only limit.
@@ -20,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+from marsseg.core.frames import load_frames
 from marsseg.core.tiling import TileGrid
 from marsseg.edge.cli import bundled
 from marsseg.edge.model import TileModel
@@ -32,16 +35,27 @@ from marsseg.edge.sources import to_gray, work_size
 
 from tools.bench import REPO, base_result, make_frames, say, write_result
 
-CASES = (  # (frame size, overlap, scale)
-    ((128, 128), 0.0, 1.0),
-    ((128, 128), 0.25, 1.0),
-    ((1024, 1024), 0.25, 0.125),
+CASES = (  # (frame size, overlap, scale, source kind)
+    ((128, 128), 0.0, 1.0, "png"),
+    ((128, 128), 0.25, 1.0, "png"),
+    ((1024, 1024), 0.25, 0.125, "png"),
+    ((1024, 1024), 0.25, 0.125, "raw"),
 )
 
 
 def grid_for(model: TileModel, shape: tuple[int, int], overlap: float) -> TileGrid:
     """The runtime's tile positions for a frame of `shape` (its Segmenter turns the overlap into pixels)."""
     return TileGrid(shape, model.tile_shape, Segmenter(model, overlap).overlap)
+
+
+def read_frames(source: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, gray frame) from a PNG folder (decoded one by one) or a frames .npz (raw, in memory)."""
+    if source.suffix == ".npz":
+        ds = load_frames(source, labelled=False)
+        yield from zip(ds.names, ds.frames, strict=True)
+    else:
+        for f in sorted(source.glob("*.png")):
+            yield f.stem, cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
 
 
 def edge_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale: float) -> float:
@@ -56,10 +70,9 @@ def edge_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale:
 
 def naive_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale: float) -> float:
     m = TileModel(model)
-    files = sorted(frames.glob("*.png"))
-    t0 = time.perf_counter()
-    for f in files:
-        frame = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+    t0, n = time.perf_counter(), 0
+    for name, frame in read_frames(frames):
+        n += 1
         img = to_gray(frame, scale)
         grid = grid_for(m, img.shape, overlap)
         mask = np.zeros(img.shape, np.uint8)
@@ -69,8 +82,8 @@ def naive_fps(model: Path, frames: Path, out: Path | None, overlap: float, scale
             mask[y : y + th, x : x + tw] = classes
         if out:  # at the input's size, as the runtime's mask PNG
             size = (frame.shape[1], frame.shape[0])
-            cv2.imwrite(str(out / f"{f.stem}.png"), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
-    return len(files) / (time.perf_counter() - t0)
+            cv2.imwrite(str(out / f"{name}.png"), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return n / (time.perf_counter() - t0)
 
 
 def invoke_limit(model: Path, tiles: int, seconds: float) -> float:
@@ -84,6 +97,15 @@ def invoke_limit(model: Path, tiles: int, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def pack_frames(pngs: Path) -> Path:
+    """The PNG folder's frames as one uncompressed frames .npz beside it (a camera's frames need no decoding)."""
+    path = pngs.parent / "frames.npz"
+    if not path.exists():
+        names, frames = zip(*read_frames(pngs), strict=True)
+        np.savez(path, frames=np.stack(frames), names=np.array(names))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
@@ -94,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     result = base_result()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shape, overlap, scale in CASES:
+        for shape, overlap, scale, kind in CASES:
             n = (4 if a.quick else 48) if shape[0] > 128 else (8 if a.quick else 240)
-            frames = Path(tmp) / f"{shape[0]}x{shape[1]}" / "frames"
-            if not frames.is_dir():
-                make_frames(frames, shape, n)
+            pngs = Path(tmp) / f"{shape[0]}x{shape[1]}" / "frames"
+            if not pngs.is_dir():
+                make_frames(pngs, shape, n)
+            frames = pngs if kind == "png" else pack_frames(pngs)
             w, h = work_size(shape, scale)
             tiles = len(grid_for(TileModel(a.model), (h, w), overlap))
             limit = max(invoke_limit(a.model, tiles, 0.5 if a.quick else 2.0) for _ in range(a.repeats))
@@ -111,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                 # best of `--repeats`: this VM's speed varies up to 2x between runs; the best is the least disturbed
                 edge = max(edge_fps(a.model, frames, out, overlap, scale) for _ in range(a.repeats))
                 naive = max(naive_fps(a.model, frames, naive_out, overlap, scale) for _ in range(a.repeats))
-                r = {"frame_shape": list(shape), "overlap": overlap, "scale": scale, "tiles_per_frame": tiles,
+                r = {"frame_shape": list(shape), "source": kind, "overlap": overlap, "scale": scale,
+                     "tiles_per_frame": tiles,
                      "outputs": outputs, "frames": n, "edge_fps": round(edge, 2), "naive_fps": round(naive, 2),
                      "invoke_limit_fps": round(limit, 2), "edge_over_naive": round(edge / naive, 3),
                      "edge_share_of_limit": round(edge / limit, 3), "naive_share_of_limit": round(naive / limit, 3)}
-                say(f"  {shape[0]}x{shape[1]} overlap {overlap:g} scale {scale:g} ({tiles} tiles)"
+                say(f"  {shape[0]}x{shape[1]} {kind} overlap {overlap:g} scale {scale:g} ({tiles} tiles)"
                     f"{' + outputs' if outputs else ''}: edge {edge:.1f} fps, naive {naive:.1f}, invoke-only "
                     f"{limit:.1f} -> edge/naive {r['edge_over_naive']:.2f}, edge {r['edge_share_of_limit']:.0%} of "
                     "the limit")
