@@ -134,7 +134,16 @@ def select_names(ds: Dataset, names_file: str | os.PathLike) -> Dataset:
         wanted = set(d["val_names"] if isinstance(d, dict) else d)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{names_file}: expected a JSON list of frame names or a split.json ({e})") from e
+    return keep_names(ds, wanted, str(names_file))
+
+
+def keep_names(ds: Dataset, wanted: set[str], listed_in: str, all_needed: bool = False) -> Dataset:
+    """The frames named in `wanted` (listed in `listed_in`, for messages), in the file's order; with `all_needed`
+    (a run's own validation frames) a missing one is an error rather than a smaller set."""
     keep = np.flatnonzero([n in wanted for n in ds.names])
+    if all_needed and len(keep) != len(wanted):
+        raise DataError(f"{len(wanted) - len(keep)} of the {len(wanted)} frames listed in {listed_in} are missing "
+                        "from the frames file; pass the file they came from")
     if not len(keep):
-        raise DataError(f"none of the names in {names_file} are in the frames file")
+        raise DataError(f"none of the names in {listed_in} are in the frames file")
     return ds.subset(keep)

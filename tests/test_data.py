@@ -53,6 +53,18 @@ def test_not_an_npz(tmp_path):
         D.load_dataset(path)
 
 
+def test_names_select_frames_in_file_order(tmp_path, frames_file):
+    ds = D.load_dataset(frames_file)
+    listed = tmp_path / "names.json"
+    listed.write_text('["f003", "f001", "nope"]')
+    assert list(F.select_names(ds, listed).names) == ["f001", "f003"]  # a list may name frames the file lacks
+    with pytest.raises(F.DataError, match="1 of the 3 frames listed in a split are missing"):  # a run's split may not
+        F.keep_names(ds, {"f003", "f001", "nope"}, "a split", all_needed=True)
+    listed.write_text('["nope"]')
+    with pytest.raises(F.DataError, match="none of the names"):
+        F.select_names(ds, listed)
+
+
 def test_resolve_data_path(monkeypatch, frames_file):
     monkeypatch.delenv(F.DATA_ENV, raising=False)
     with pytest.raises(F.DataError, match="MARSSEG_DATA"):

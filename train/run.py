@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from marsseg.core.frames import DataError, resolve_data_path
+from marsseg.core.frames import keep_names, resolve_data_path
 from marsseg.core.io import write_text_atomic
 from marsseg.train import cluster
 from marsseg.train import data as D
@@ -101,9 +101,4 @@ class RunFolder:
         cfg = self.config()
         path = resolve_data_path(data or cfg.data.path)
         wanted = set(self.split()["val_names"])
-        ds = D.load_dataset(path)
-        idx = np.array([i for i, n in enumerate(ds.names) if n in wanted])
-        if len(idx) != len(wanted):
-            raise DataError(f"{len(wanted) - len(idx)} validation frames of run {self.path} are missing from "
-                            f"{path}")
-        return D.fixed_tiles(ds.subset(idx))
+        return D.fixed_tiles(keep_names(D.load_dataset(path), wanted, f"{self.path}'s split", all_needed=True))
