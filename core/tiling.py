@@ -138,7 +138,7 @@ class Merger:
         """Accumulate tile `index`'s prediction (th, tw, C); order of calls does not matter."""
         y, x = self.grid.boxes[index]
         th, tw = self.grid.tile_shape
-        planes = np.moveaxis(tile, -1, 0)
+        planes = tile.transpose(2, 0, 1)  # (C, th, tw) view
         if self.disjoint:
             self._acc[:, y : y + th, x : x + tw] = planes
             return

@@ -85,7 +85,10 @@ class TileModel:
         m = self.meta
         if abs(m.input_scale / scale - 1.0) < 1e-6 and m.input_offset == 0 and -128 <= zero_point <= 127:
             # the usual case (input scale 1/255): exact integer shift, no float work
-            np.add(tiles, zero_point, out=self._in[..., 0], dtype=np.int16, casting="unsafe")
+            if zero_point == -128:  # pixel - 128 as int8 is the pixel's top bit flipped: one uint8 pass
+                np.bitwise_xor(tiles, np.uint8(0x80), out=self._in.view(np.uint8)[..., 0])
+            else:
+                np.add(tiles, zero_point, out=self._in[..., 0], dtype=np.int16, casting="unsafe")
             return
         x = tiles.astype(np.float32) * np.float32(m.input_scale / scale) + np.float32(m.input_offset / scale)
         np.clip(np.rint(x) + zero_point, -128, 127, out=x)
