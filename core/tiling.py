@@ -178,7 +178,7 @@ class Merger:
             best *= np.float32(scale)
 
     def result(self) -> np.ndarray:
-        """Blended prediction cropped to the frame (H, W, C) (not dequantized); a view into an internal buffer."""
+        """Blended prediction cropped to the frame (H, W, C), in the tiles' own units; a view into a reused buffer."""
         h, w = self.grid.frame_shape
         if self._blend is None:
             self._blend = np.empty_like(self._acc[:, :h, :w])
@@ -188,6 +188,6 @@ class Merger:
         return np.moveaxis(self._blend, 0, -1)
 
     def merge(self, tiles: np.ndarray) -> np.ndarray:
-        """Blend a whole batch (N, th, tw, C) of one frame's tiles into probabilities (H, W, C)."""
+        """Blend a whole batch (N, th, tw, C) of one frame's tiles: `accumulate`, then `result`."""
         self.accumulate(tiles)
         return self.result()
