@@ -288,8 +288,10 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
         done = o.epochs if best.stopped else saved[2]["epochs_done"]
     if done < o.epochs:
         try:
+            # shuffle=False: TrainTiles already orders each epoch from its own seeded stream; Keras would also
+            # shuffle the batches with Python's global `random`, which a checkpoint cannot hold (issue 21)
             net.fit(TrainTiles(train_ds, phase, (cfg.training_seed, k), teacher, first_epoch=done), epochs=o.epochs,
-                    initial_epoch=done, callbacks=callbacks, verbose=2)
+                    initial_epoch=done, callbacks=callbacks, shuffle=False, verbose=2)
         except KeyboardInterrupt:
             log.warning("interrupted in phase %r: continue with `marsseg-train --resume %s`", phase.name, run.path)
             raise
