@@ -43,6 +43,7 @@ class Result:
     grid: TerrainGrid | None = None  # the runtime's map (`grid_at`), cells in the input's pixels
     latency: float = 0.0  # seconds from capture to map
     ground: GroundGrid | None = None  # the ground cost map in metres (`--camera-height`), else None
+    work: np.ndarray | None = None  # the frame as the model segmented it (the mask's size), when it was resized
     owned: bool = False  # the arrays are this result's own, not the segmenter's buffers reused next frame
     _full: dict = dataclasses.field(default_factory=dict, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
@@ -71,6 +72,13 @@ class Result:
             return dataclasses.replace(terrain_grid(self.mask, self.confidence, (int(ch), int(cw)), table),
                                        cell=(cell, cell))
         return terrain_grid(self.full_mask(), self.full_confidence(), (cell, cell), table)
+
+    def work_gray(self) -> np.ndarray:
+        """The frame at the mask's size: the one the model segmented, else brought there once more (area)."""
+        for g in (self.work, self.gray):
+            if g is not None and g.shape[:2] == self.mask.shape:
+                return g
+        return cv2.resize(self.gray, (self.mask.shape[1], self.mask.shape[0]), interpolation=cv2.INTER_AREA)
 
     def full_mask(self) -> np.ndarray:
         """The class ids at the input's size (nearest neighbour: every class id stays a class id)."""
@@ -219,10 +227,8 @@ class FilePublisher:
     def publish(self, frame: Frame, result: Result) -> None:
         mask = result.full_mask() if self.full else result.mask
         write_bytes_atomic(self.out_dir / f"{frame.key}.png", encode_png(mask, self.png_level))
-        if self.overlay:  # at the mask's size: the frame brought down to the model's scale when masks stay there
-            base = result.gray if self.full or mask.shape == result.gray.shape else cv2.resize(
-                result.gray, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_AREA)
-            rgb = overlay(base, mask, self.lut)
+        if self.overlay:  # at the mask's size: over the frame as the model saw it when masks stay at its scale
+            rgb = overlay(result.gray if self.full else result.work_gray(), mask, self.lut)
             write_bytes_atomic(self.out_dir / f"{frame.key}_overlay.png",
                                encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), self.png_level, PHOTO_FILTER))
         if self.npz:

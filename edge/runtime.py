@@ -232,7 +232,7 @@ class Runtime:
             self._bad(frame, f"segmentation failed: {e or type(e).__name__}")
             return
         t2 = time.perf_counter()  # the map is made at the model's scale; outputs resize what they need themselves
-        result = Result(gray, seg.mask, seg.confidence)
+        result = Result(gray, seg.mask, seg.confidence, work=work)
         result.grid = result.grid_at(self.cell, self.table)
         if self.ground is not None:
             result.ground = self._projector(seg.mask.shape)(seg.mask, seg.confidence, self.table)

@@ -109,3 +109,15 @@ def test_one_copy_per_frame_shared_by_every_output_and_sized_once():
     for q in queues:
         q.close()
     assert [o.got for o in outs] == [[(3, 3)], [(3, 3)]]
+
+
+def test_the_frame_at_the_mask_size_is_the_one_the_model_segmented():
+    """An overlay at the model's scale is drawn over the frame the runtime segmented, not a second resize of it."""
+    import cv2
+
+    gray = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    mask, conf = np.zeros((8, 8), np.uint8), np.ones((8, 8), np.float32)
+    work = cv2.resize(gray, (8, 8), interpolation=cv2.INTER_AREA)
+    assert Result(gray, mask, conf, work=work).work_gray() is work
+    np.testing.assert_array_equal(Result(gray, mask, conf).work_gray(), work)  # made again when not carried
+    assert Result(gray, gray, gray.astype(np.float32), work=gray).work_gray() is gray  # not resized
