@@ -26,7 +26,7 @@ from marsseg.core.io import write_bytes_atomic
 from marsseg.edge.config import MASK_SIZES
 from marsseg.edge.ground import GroundGrid
 from marsseg.edge.render import overlay
-from marsseg.edge.sources import Frame
+from marsseg.edge.sources import Frame, to_gray
 from marsseg.edge.terrain import CostTable, TerrainGrid, terrain_grid
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,10 @@ class Result:
         return terrain_grid(self.full_mask(), self.full_confidence(), (cell, cell), table)
 
     def work_gray(self) -> np.ndarray:
-        """The frame at the mask's size: the one the model segmented, else brought there once more (area)."""
-        for g in (self.work, self.gray):
-            if g is not None and g.shape[:2] == self.mask.shape:
-                return g
-        return cv2.resize(self.gray, (self.mask.shape[1], self.mask.shape[0]), interpolation=cv2.INTER_AREA)
+        """The frame at the mask's size: the one the model segmented, else made again as the runtime makes it."""
+        if self.work is not None and self.work.shape[:2] == self.mask.shape:
+            return self.work
+        return to_gray(self.gray, size=(self.mask.shape[1], self.mask.shape[0]))
 
     def full_mask(self) -> np.ndarray:
         """The class ids at the input's size (nearest neighbour: every class id stays a class id)."""

@@ -33,8 +33,7 @@ def test_lineage_is_oldest_first_and_commands_rebuild_each_config(tmp_path, monk
                   phases=({"name": "only", "quant": {"fake_quant": True}},))
     recipe = TrainConfig.load(make_assets.DEFAULT_CONFIG)
     third = _leg(runs, "c", phases=recipe.phases, model=recipe.model, optim=recipe.optim, data=recipe.data,
-                 adjust=recipe.adjust,
-                 train_seed=recipe.train_seed)
+                 adjust=recipe.adjust, train_seed=recipe.train_seed)
     chain = make_assets.lineage(runs / "b")
     assert [run.name for run, _, _ in chain] == ["a", "b"]
     for (_, cfg, _), want in zip(chain, (first, second), strict=True):
