@@ -1,5 +1,7 @@
 """Publishers on their own thread: a slow output never stalls the frame loop; drops and errors are counted."""
 
+import os
+import sys
 import threading
 import time
 
@@ -121,3 +123,22 @@ def test_the_frame_at_the_mask_size_is_the_one_the_model_segmented():
     assert Result(gray, mask, conf, work=work).work_gray() is work
     np.testing.assert_array_equal(Result(gray, mask, conf).work_gray(), work)  # made again when not carried
     assert Result(gray, gray, gray.astype(np.float32), work=gray).work_gray() is gray  # not resized
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_outputs_run_at_a_lower_priority_than_the_frame_loop():
+    """Encoding must wait for the interpreter's idle moments, not preempt an invoke (on the 2-core VM: +10 nice)."""
+    seen = []
+
+    class Probe:
+        def publish(self, frame, result):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+        def close(self):
+            pass
+
+    q = Queued(Probe(), depth=2, block=True)
+    q.publish(*item(0, np.zeros((8, 8), np.uint8)))
+    q.close()
+    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(loop + Queued.NICE, 19)]

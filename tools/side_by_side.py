@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape, overlap, scale, kind in CASES:
-            n = (4 if a.quick else 48) if shape[0] > 128 else (8 if a.quick else 240)
+            n = (4 if a.quick else 120) if shape[0] > 128 else (8 if a.quick else 240)
             pngs = Path(tmp) / f"{shape[0]}x{shape[1]}" / "frames"
             if not pngs.is_dir():
                 make_frames(pngs, shape, n)
