@@ -41,8 +41,12 @@ def test_lineage_is_oldest_first_and_commands_rebuild_each_config(tmp_path, monk
         got = build_config(parse_args(argv))
         assert dataclasses.replace(got, data=want.data, time_budget_min=want.time_budget_min) == want
     assert make_assets.train_command(third) == "marsseg-train --data ai4mars-frames-128.npz --run-name c"
-    assert "Made by the default recipe in one command" in make_assets.recipe_section(make_assets.lineage(runs / "c"),
-                                                                                     None)
+    made = make_assets.recipe_section(make_assets.lineage(runs / "c"), None)
+    assert "Made by the default recipe in one command" in made and "legs" not in made
+    metrics = json.loads((runs / "c" / "metrics.json").read_text())
+    (runs / "c" / "metrics.json").write_text(json.dumps({**metrics, "resumed": True}))
+    assert "continued with `marsseg-train --resume runs/c`" in make_assets.recipe_section(
+        make_assets.lineage(runs / "c"), None)
     assert "Not (yet) made by the default recipe" in make_assets.recipe_section(chain, None)
 
 

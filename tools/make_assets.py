@@ -185,12 +185,14 @@ def phase_rows(chain: list[Leg]) -> list[str]:
 
 def recipe_section(chain: list[Leg], short: Path | None) -> str:
     """Whether the model came from the one command of the default recipe; if not, a shortened run of it."""
-    leg, cfg, _ = chain[-1]
+    leg, cfg, m = chain[-1]
     recipe = TrainConfig.load(DEFAULT_CONFIG)
     phases = ", ".join(f"{p.name} ({p.optim.epochs} epochs)" for p in recipe.phase_configs())
     if len(chain) == 1 and not recipe_changes(cfg):
+        legs = (f" It ran in legs, each paused at its time budget and continued with `marsseg-train --resume "
+                f"runs/{leg.name}`.") if m.get("resumed") else ""
         return (f"  Made by the default recipe in one command (`train/configs/default.json`: {phases}):\n"
-                f"  `marsseg-train --data ai4mars-frames-128.npz --run-name {leg.name}`.\n\n")
+                f"  `marsseg-train --data ai4mars-frames-128.npz --run-name {leg.name}`.{legs}\n\n")
     text = (f"  **Not (yet) made by the default recipe's one command** (`marsseg-train`, `train/configs/default.json`: "
             f"{phases}): it came from the run(s) above, commands under Reproduce.\n")
     if short is None:
