@@ -1,6 +1,7 @@
 """Export of a tiny trained model end to end through the real CLIs, the accuracy gate, and error cases."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -117,3 +118,45 @@ def test_wrong_input_shape(tmp_path, capsys):
 def test_no_runs(tmp_path, capsys):
     assert export_main(["--runs", str(tmp_path)]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_trained_on_jax_without_tensorflow_exports_here(tmp_path):
+    """The GPU path of docs/training.md: train on Keras' JAX backend where TensorFlow is absent, bring the run folder
+    back, export it with TensorFlow; the export's float model scores what the JAX run reported on the same tiles."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import synthetic_frames
+    from tools.make_test_model import TINY, single_phase
+
+    frames, masks = synthetic_frames(n=48)
+    np.savez_compressed(tmp_path / "frames.npz", frames=frames, masks=masks)
+    train = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class NoTensorFlow(importlib.abc.MetaPathFinder):  # as on a machine without it
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tf_keras"):
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+
+        sys.meta_path.insert(0, NoTensorFlow())
+        from marsseg.train.cli import main
+        rc = main(sys.argv[1:])
+        assert not any(k.split(".")[0] == "tensorflow" for k in sys.modules), "TensorFlow got imported"
+        sys.exit(rc)
+    """)
+    args = ["--data", str(tmp_path / "frames.npz"), "--batch-size", "8", "--out-dir", str(tmp_path / "runs"),
+            "--run-name", "on-jax", *TINY, *single_phase(2)]
+    r = subprocess.run([sys.executable, "-c", train, *args], env={**os.environ, "KERAS_BACKEND": "jax"},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "runs" / "on-jax"
+    assert json.loads((run / "metrics.json").read_text())["backend"] == "jax"
+    out = tmp_path / "export"
+    assert export_tiny(run / "model.keras", out) == 0
+    report = {x["name"]: x for x in json.loads((out / "export_report.json").read_text())["results"]}
+    assert report["keras_float32"]["mean_iou"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["mean_iou"], abs=1e-3)
+    assert report["tflite_float32"]["argmax_agreement"] > 0.99
