@@ -203,10 +203,14 @@ class Queued:
 
 
 def _lower_priority(nice: int) -> None:
-    """Raise the calling thread's nice value by `nice` (always allowed); a no-op where threads share one."""
+    """Raise the calling thread's nice value by `nice`; a no-op where threads share one. Never fatal: a sandbox
+    that refuses it leaves the output at the frame loop's priority, which costs speed, not results."""
     if nice and sys.platform == "linux":
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        except OSError as e:
+            log.warning("output thread keeps the frame loop's priority (setpriority refused: %s)", e)
 
 
 # One fixed PNG row filter per kind of picture instead of libpng's per-row trial of all five, which is most of
