@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,22 @@ def frames_file(tmp_path: Path) -> Path:
     path = tmp_path / "frames.npz"
     np.savez_compressed(path, frames=frames, masks=masks, names=np.array([f"f{i:03d}" for i in range(len(frames))]))
     return path
+
+
+def import_blocker(packages: tuple[str, ...], modules: tuple[str, ...] = (), why: str = "absent here") -> str:
+    """Python source that makes the interpreter running it act as if `packages` (top-level names) and `modules`
+    (dotted prefixes) were not installed: for subprocesses proving code runs where they are missing."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r} or name.startswith({modules!r}):
+                    raise ModuleNotFoundError(f"{{name}} is blocked: {why}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)
 
 
 FIXTURES = REPO / "tests" / "fixtures"

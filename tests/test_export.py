@@ -128,20 +128,12 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(tmp_path):
     import sys
     import textwrap
 
-    from tests.conftest import synthetic_frames
+    from tests.conftest import import_blocker, synthetic_frames
     from tools.make_test_model import TINY, single_phase
 
     frames, masks = synthetic_frames(n=48)
     np.savez_compressed(tmp_path / "frames.npz", frames=frames, masks=masks)
-    train = textwrap.dedent("""
-        import importlib.abc, sys
-
-        class NoTensorFlow(importlib.abc.MetaPathFinder):  # as on a machine without it
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "tf_keras"):
-                    raise ModuleNotFoundError(f"No module named {name!r}")
-
-        sys.meta_path.insert(0, NoTensorFlow())
+    train = import_blocker(("tensorflow", "tf_keras"), why="as on a machine without TensorFlow") + textwrap.dedent("""
         from marsseg.train.cli import main
         rc = main(sys.argv[1:])
         assert not any(k.split(".")[0] == "tensorflow" for k in sys.modules), "TensorFlow got imported"
@@ -153,10 +145,10 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "runs" / "on-jax"
-    assert json.loads((run / "metrics.json").read_text())["backend"] == "jax"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["backend"] == "jax"
     out = tmp_path / "export"
     assert export_tiny(run / "model.keras", out) == 0
     report = {x["name"]: x for x in json.loads((out / "export_report.json").read_text())["results"]}
-    assert report["keras_float32"]["mean_iou"] == pytest.approx(
-        json.loads((run / "metrics.json").read_text())["mean_iou"], abs=1e-3)
+    assert report["keras_float32"]["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-3)
     assert report["tflite_float32"]["argmax_agreement"] > 0.99

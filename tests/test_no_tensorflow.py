@@ -4,20 +4,10 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO, TINY_MODEL
+from tests.conftest import REPO, TINY_MODEL, import_blocker
 
-BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras") or \
-                    name.startswith(("marsseg.train", "marsseg.export")):
-                raise ImportError(f"{name} is blocked: the edge runtime must not need it")
-            return None
-
-    sys.meta_path.insert(0, Block())
-""")
+BLOCKER = import_blocker(("tensorflow", "keras", "tf_keras"), ("marsseg.train", "marsseg.export"),
+                         "the edge runtime must not need it")
 
 
 def test_edge_imports_and_runs_without_tensorflow(tmp_path):
