@@ -189,8 +189,8 @@ def recipe_section(chain: list[Leg], short: Path | None) -> str:
     recipe = TrainConfig.load(DEFAULT_CONFIG)
     phases = ", ".join(f"{p.name} ({p.optim.epochs} epochs)" for p in recipe.phase_configs())
     if len(chain) == 1 and not recipe_changes(cfg):
-        legs = (f" It ran in legs, each paused at its time budget and continued with `marsseg-train --resume "
-                f"runs/{leg.name}`.") if m.get("resumed") else ""
+        resumed = m.get("resumed")
+        legs = f" It ran in legs, each continued with `marsseg-train --resume runs/{leg.name}`." if resumed else ""
         return (f"  Made by the default recipe in one command (`train/configs/default.json`: {phases}):\n"
                 f"  `marsseg-train --data ai4mars-frames-128.npz --run-name {leg.name}`.{legs}\n\n")
     text = (f"  **Not (yet) made by the default recipe's one command** (`marsseg-train`, `train/configs/default.json`: "
