@@ -83,6 +83,28 @@ def test_npz_source_reports_iou_and_jsonl(tmp_path):
     assert 0 <= s["mean_iou"] <= 1 and set(s["per_class_iou"]) == {"soil", "bedrock", "sand", "big_rock"}
 
 
+def test_flip_average_reaches_the_runtime_as_marsseg_eval_measures_it(tmp_path):
+    """`--flip-average` on `marsseg-edge` and on `marsseg-eval`: the same frames give the same confusion either
+    way, and another one than without it."""
+    from marsseg.edge.evaluate import main as evaluate
+
+    frames, masks = synthetic_frames(n=4, seed=3)
+    clip = tmp_path / "clip.npz"
+    np.savez(clip, frames=frames, masks=masks, names=np.array(["a", "b", "c", "d"]))
+    seen = {}
+    for flip in ([], ["--flip-average"]):
+        r = run_edge("--source", clip, "--summary-json", tmp_path / "s.json", *flip)
+        assert r.returncode == 0, r.stderr
+        edge = json.loads((tmp_path / "s.json").read_text())
+        assert evaluate([str(clip), "--model", str(TINY_MODEL), "--overlap", "0.25", "--output", str(tmp_path),
+                         *flip]) == 0
+        (ev,) = json.loads((tmp_path / "eval.json").read_text())["results"]
+        assert ev["flip_average"] == bool(flip)
+        assert edge["per_class_iou"] == {k: round(v, 4) for k, v in ev["per_class_iou"].items()}
+        seen[bool(flip)] = ev["confusion_matrix"]
+    assert seen[True] != seen[False]
+
+
 def test_unreadable_frame_is_skipped_and_counted(frame_folder, tmp_path):
     (frame_folder / "zz_broken.png").write_bytes(b"not a png")
     r = run_edge(frame_folder, tmp_path / "out", "--summary-json", tmp_path / "s.json")

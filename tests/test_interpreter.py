@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from marsseg.core import interpreter as it
 from marsseg.core.metadata import load_metadata
+from marsseg.core.tiling import Merger, TileGrid
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 
@@ -106,6 +107,25 @@ def test_overlap_blending_matches_single_tile_on_exact_fit(tiny_model):
     frame = synthetic_frames(n=1)[0][0][:64]
     direct = m.predict(frame[None].copy())[0].argmax(-1)
     np.testing.assert_array_equal(Segmenter(m, 0.5)(frame).mask, direct)
+
+
+@pytest.mark.parametrize("shape, overlap", [((64, 256), 0.0), ((150, 333), 0.25)])
+def test_flip_average_blends_the_mean_of_each_tile_and_its_mirror_image(tiny_model, shape, overlap):
+    """`flip`: every tile's answer is averaged with the answer to its mirror image, mirrored back, before blending;
+    pasted (overlap 0, whole tiles) and weighted alike. The reference blends dequantized probabilities."""
+    m = TileModel(tiny_model)
+    seg = Segmenter(m, overlap, flip=True)
+    frame = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    tiles = TileGrid(shape, m.tile_shape, seg.overlap).extract(frame)
+    mean = (m.predict(tiles).copy() + m.predict(tiles[:, :, ::-1].copy())[:, :, ::-1]) / 2
+    blend = Merger(TileGrid(shape, m.tile_shape, seg.overlap), mean.shape[-1]).merge(mean)
+    out = seg(frame)
+    assert (out.mask == blend.argmax(-1)).mean() > 0.999  # int8 sums vs float: only exact near-ties may differ
+    np.testing.assert_allclose(out.confidence, blend.max(-1), atol=1e-5)
+    assert (out.mask != Segmenter(m, overlap)(frame).mask).any()  # the mirror's answers did count
+    first = out.mask.copy()
+    seg(frame[::-1].copy())  # the next frame reuses the buffers and carries nothing over
+    np.testing.assert_array_equal(seg(frame).mask, first)
 
 
 def test_failed_resize_leaves_model_usable(tiny_model, monkeypatch):
