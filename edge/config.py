@@ -56,8 +56,8 @@ class EdgeConfig:
     model: str | None = _opt(None, "int8 .tflite with its .json metadata beside it (default: bundled)", "model")
     overlap: float = _opt(0.25, "tile overlap as a fraction of the tile (default 0.25)", "model", 0, 1, hi_open=True,
                           hint="a fraction of the tile")
-    flip_average: bool = _opt(False, "also segment every tile mirrored and average the two answers: +0.8 points of "
-                                     "mean IoU for the bundled model, twice the invoke time", "model")
+    flip_average: bool = _opt(False, "also segment every tile mirrored and average the two answers: about a point of "
+                                     "mean IoU (docs/robustness.md) for twice the invoke time", "model")
     threads: int = _opt(0, "interpreter threads (default: all cores)", "model", 0, 1024)
     max_tiles: int = _opt(256, "memory budget in tiles per frame; larger frames are refused (default 256: ~400 MB, "
                                "a 1024x1024 frame at overlap 0.25 is 231)", "model", 1)
