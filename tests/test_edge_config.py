@@ -55,3 +55,12 @@ def test_bad_toml_value_names_the_file_and_key(tmp_path, capsys):
         parse_args(["--config", str(toml)])
     err = capsys.readouterr().err
     assert f"config {toml}: map_rate must be in (0, 1000]" in err and "--map-rate" not in err
+
+
+def test_the_shipped_example_config_is_valid():
+    """deploy/edge.toml is what an operator copies: parsing it checks every key is known and every value in range."""
+    from pathlib import Path
+
+    toml = Path(__file__).parents[1] / "deploy" / "edge.toml"
+    cfg = parse_args(["--config", str(toml)])
+    assert cfg.camera == "/dev/video0" and cfg.fov == 45.0 and cfg.flip_average is False
