@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if study:
             write_bytes_atomic(a.output / "corruptions.png", corruptions_png(
                 study, f"{model.path.name} ({model.meta.run_id}): mean IoU under camera degradations, "
-                       f"overlap {study['overlap']:.2f}{', flip-averaged' if a.flip_average else ''}, "
+                       f"overlap {study['overlap']:.2f}{', flip-averaged' if study['flip_average'] else ''}, "
                        f"{len(frames)} frames"))
     if study:
         print_study(study)

@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 from marsseg.edge.cli import parse_args
@@ -59,8 +60,6 @@ def test_bad_toml_value_names_the_file_and_key(tmp_path, capsys):
 
 def test_the_shipped_example_config_is_valid():
     """deploy/edge.toml is what an operator copies: parsing it checks every key is known and every value in range."""
-    from pathlib import Path
-
     toml = Path(__file__).parents[1] / "deploy" / "edge.toml"
     cfg = parse_args(["--config", str(toml)])
     assert cfg.camera == "/dev/video0" and cfg.fov == 45.0 and cfg.flip_average is False

@@ -116,9 +116,10 @@ def test_flip_average_blends_the_mean_of_each_tile_and_its_mirror_image(tiny_mod
     m = TileModel(tiny_model)
     seg = Segmenter(m, overlap, flip=True)
     frame = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    tiles = TileGrid(shape, m.tile_shape, seg.overlap).extract(frame)
+    grid = TileGrid(shape, m.tile_shape, seg.overlap)
+    tiles = grid.extract(frame)
     mean = (m.predict(tiles).copy() + m.predict(tiles[:, :, ::-1].copy())[:, :, ::-1]) / 2
-    blend = Merger(TileGrid(shape, m.tile_shape, seg.overlap), mean.shape[-1]).merge(mean)
+    blend = Merger(grid, mean.shape[-1]).merge(mean)
     out = seg(frame)
     assert (out.mask == blend.argmax(-1)).mean() > 0.999  # int8 sums vs float: only exact near-ties may differ
     np.testing.assert_allclose(out.confidence, blend.max(-1), atol=1e-5)
