@@ -62,8 +62,8 @@ def edge_miou(tmp_path, *args) -> tuple[float, str]:
 
 def test_navcam_sized_frames_run_at_the_models_ground_scale(navcam_clip, tmp_path):
     """--fov 45 on 1024² frames resizes exactly as --scale 0.125, and the bundled model scores them within 0.02 of
-    the native frames (the clip: 0.656 vs 0.660; the 1,200 validation frames: 0.682 vs 0.686 for camera-scratch-v22,
-    0.630 vs 0.678 for default-v19 before it: docs/robustness.md)."""
+    the native frames (the clip: 0.671 vs 0.674; the 1,200 validation frames: 0.696 vs 0.700 for camera-restart-v25,
+    0.630 vs 0.678 for default-v19, before the camera work: docs/robustness.md)."""
     by_fov, log_fov = edge_miou(tmp_path, "--source", navcam_clip, "--fov", "45")
     by_scale, _ = edge_miou(tmp_path, "--source", navcam_clip, "--scale", "0.125")
     native, _ = edge_miou(tmp_path, "--source", "demo")

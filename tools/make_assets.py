@@ -28,7 +28,7 @@ from marsseg.train.run import RunFolder
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "edge" / "assets"
 DEFAULT_CONFIG = ROOT / "train" / "configs" / "default.json"  # the recipe
-PROVENANCE = "provenance.json"  # beside a start model made by a tool (tools.float_from_int8), not by training
+PROVENANCE = "provenance.json"  # beside a start model with no run folder here: made by a tool, or an earlier bundle
 
 
 def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
@@ -51,8 +51,8 @@ RUN_ONLY = ("data.path", "out_dir", "run_name", "time_budget_min")  # not part o
 def lineage(run: Path) -> list[Leg]:
     """(run folder, config, metrics) for `run` and every run it continued from (`init_from`), oldest first.
 
-    The chain also ends at a start that was not trained but made by a tool (its folder's `provenance.json`, e.g.
-    `tools.float_from_int8`); `origin` gives that tool's command.
+    The chain also ends at a start whose run folder is not here (its folder's `provenance.json`: a tool's output such
+    as `tools.float_from_int8`'s, or an earlier bundle taken from git); `origin` gives the command that recreates it.
     """
     chain = []
     while True:
@@ -233,7 +233,8 @@ def model_card(run: Path, export: dict, split: dict, meta: dict, baseline: Path 
     eval_cmd = (f"marsseg-eval ai4mars-frames-128.npz --model runs/{run.name}/export/model_int8.tflite "
                 f"--names runs/{run.name}/split.json --overlap 0.25 0 --corruptions --output runs/{run.name}/eval")
     start = origin(chain)
-    started = f"  The first leg started from a model made by a tool, not trained: {start['note']}\n" if start else ""
+    started = (f"  The first leg started from a model whose run folder is not kept (the first command under Reproduce "
+               f"recreates it): {start['note']}\n" if start else "")
     robustness = robustness_section(run, baseline)
     return f"""# Model card: bundled default marsseg model
 
