@@ -105,6 +105,12 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
+def failing(p: Publisher) -> bool:
+    """Whether `p`'s output is failing although its last `publish` returned: a queued output's `publish` only hands
+    the result to its thread, so a queue's health is its worker's last outcome."""
+    return bool(getattr(p, "failing", False))
+
+
 @dataclass
 class QueueStats:
     published: int = 0
@@ -122,7 +128,9 @@ class Queued:
     `block=False` drops the oldest waiting result; both are counted (`stats`). A failure inside the worker is
     raised from the next `publish` call, so the runtime counts and reports it as for an inline publisher.
     `close` publishes what is queued, then closes the inner publisher. The runtime's buffers are reused for the
-    next frame, so the queue keeps a `detached` result (one copy per frame, shared by every queue).
+    next frame, so the queue keeps a `detached` result (one copy per frame, shared by every queue). `failing` says
+    whether the worker's last attempt failed, so a run of failures is not mistaken for health by a `publish` that
+    only queued (the runtime's `--fail-after` clock reads it).
     """
 
     keeps_results = True
@@ -138,7 +146,7 @@ class Queued:
         self.stats = QueueStats()
         self._queue: collections.deque[tuple[Frame, Result]] = collections.deque()
         self._cond = threading.Condition()
-        self._closing = self._busy = False
+        self._closing = self._busy = self.failing = False
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=f"publish-{self.name}", daemon=True)
         self._thread.start()
@@ -180,6 +188,7 @@ class Queued:
             except Exception as e:  # any failure: reported to the runtime by the next publish() or close()
                 error = e
             with self._cond:
+                self.failing = error is not None
                 if error is None:
                     st = self.stats
                     st.published += 1

@@ -17,7 +17,7 @@ from marsseg.core.tiling import count_tiles
 from marsseg.edge.config import EdgeConfig
 from marsseg.edge.ground import GroundProjector
 from marsseg.edge.pipeline import Segmenter
-from marsseg.edge.publishers import Publisher, Result
+from marsseg.edge.publishers import Publisher, Result, failing
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
 from marsseg.edge.terrain import CostTable
 
@@ -243,7 +243,10 @@ class Runtime:
         for i, p in enumerate(self.publishers):
             try:
                 p.publish(frame, result)
-                self._failing_since.pop(i, None)
+                if failing(p):  # queued: this result is only waiting; the output's last attempt failed
+                    self._failing_since.setdefault(i, time.monotonic())
+                else:
+                    self._failing_since.pop(i, None)
             except (OSError, RuntimeError, ValueError, cv2.error, MemoryError) as e:
                 st.publish_errors += 1
                 self._failing_since.setdefault(i, time.monotonic())

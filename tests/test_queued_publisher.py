@@ -84,6 +84,66 @@ def test_a_failure_in_the_worker_reaches_the_runtime_on_the_next_publish():
     assert out.got == [(0, 0), (2, 2)] and q.stats.errors == 1 and q.stats.published == 2
 
 
+def test_a_queue_stays_failing_until_its_output_succeeds_again():
+    """A `publish` that only queued says nothing about the output: `failing` is the worker's last outcome."""
+    out = Gated(fail_on=0)
+    q = Queued(out, depth=4, block=True)
+    buf = np.zeros((8, 8), np.uint8)
+    assert not q.failing
+    out.gate.release()
+    q.publish(*item(0, buf))
+    q.join()
+    assert q.failing
+    with pytest.raises(OSError, match="disk full"):
+        q.publish(*item(1, buf))  # queued behind the gate; frame 0's failure is reported now
+    assert q.failing  # still: frame 1 has not reached the output
+    out.gate.release()
+    q.join()
+    assert not q.failing
+    q.close()
+
+
+class QueuedButDown:
+    """A queued output whose every attempt fails in its worker while `publish` itself keeps returning."""
+
+    failing = True
+
+    def publish(self, frame: Frame, result: Result) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_fail_after_counts_a_queued_outputs_failures_not_its_accepted_results():
+    """Under CPU load the worker lags, most `publish` calls return before it fails: the run must still end (exit 4)."""
+    from marsseg.edge.config import EdgeConfig
+    from marsseg.edge.model import TileModel
+    from marsseg.edge.pipeline import Segmenter
+    from marsseg.edge.runtime import OUTPUTS_FAILED_EXIT, Runtime
+    from marsseg.edge.sources import SourceStats
+
+    from tests.conftest import TINY_MODEL
+
+    class Frames:
+        live, stats = False, SourceStats()
+
+        def __iter__(self):
+            for i in range(2000):
+                yield Frame(f"f{i}", i, time.time(), np.zeros((64, 128), np.uint8))
+
+        def close(self) -> None:
+            pass
+
+    rt = Runtime(Frames(), Segmenter(TileModel(TINY_MODEL)), [QueuedButDown()], CostTable((1.0,) * 5),
+                 EdgeConfig(cell=16, fail_after=0.05))
+    rc = []
+    worker = threading.Thread(target=lambda: rc.append(rt.run()))  # off the main thread: no signal handlers
+    worker.start()
+    worker.join()
+    assert rc == [OUTPUTS_FAILED_EXIT] and rt.stats.frames < 2000
+
+
 def test_one_copy_per_frame_shared_by_every_output_and_sized_once():
     """The runtime detaches a frame's result once; every queue keeps that same copy, and the mask brought to the
     frame's size is made once, whichever output thread asks first."""
