@@ -98,17 +98,12 @@ class Result:
 
 class Publisher(Protocol):
     """An output. One that holds results past its `publish` call sets `keeps_results = True`: the runtime then
-    hands every output one `detached` copy of the frame's result instead of its reused buffers."""
+    hands every output one `detached` copy of the frame's result instead of its reused buffers. One whose `publish`
+    returns before the output is reached (a queue) says with `failing` whether its last attempt failed."""
 
     def publish(self, frame: Frame, result: Result) -> None: ...
 
     def close(self) -> None: ...
-
-
-def failing(p: Publisher) -> bool:
-    """Whether `p`'s output is failing although its last `publish` returned: a queued output's `publish` only hands
-    the result to its thread, so a queue's health is its worker's last outcome."""
-    return bool(getattr(p, "failing", False))
 
 
 @dataclass

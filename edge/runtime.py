@@ -17,7 +17,7 @@ from marsseg.core.tiling import count_tiles
 from marsseg.edge.config import EdgeConfig
 from marsseg.edge.ground import GroundProjector
 from marsseg.edge.pipeline import Segmenter
-from marsseg.edge.publishers import Publisher, Result, failing
+from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
 from marsseg.edge.terrain import CostTable
 
@@ -243,15 +243,16 @@ class Runtime:
         for i, p in enumerate(self.publishers):
             try:
                 p.publish(frame, result)
-                if failing(p):  # queued: this result is only waiting; the output's last attempt failed
-                    self._failing_since.setdefault(i, time.monotonic())
-                else:
-                    self._failing_since.pop(i, None)
+                down = getattr(p, "failing", False)  # queued: this result only waits; its worker's last outcome
             except (OSError, RuntimeError, ValueError, cv2.error, MemoryError) as e:
                 st.publish_errors += 1
-                self._failing_since.setdefault(i, time.monotonic())
+                down = True
                 self.throttle(logging.ERROR, f"{type(p).__name__} failing", "publisher %s failed on frame %s: %s",
                               type(p).__name__, frame.key, e)
+            if down:
+                self._failing_since.setdefault(i, time.monotonic())
+            else:
+                self._failing_since.pop(i, None)
         t4 = time.perf_counter()
         st.frames += 1
         st.latencies.append(result.latency)
