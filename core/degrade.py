@@ -166,7 +166,6 @@ def corrupt_frames(frames: np.ndarray, corruption: Corruption, severity: int, se
                      for i, f in enumerate(frames)])
 
 
-P_UNTOUCHED = 0.25  # frames the augmentation leaves as they are: the training pipeline is one camera too
 P_STAGE = 0.3  # chance of each stage below on the other frames (at least one is applied)
 
 
@@ -189,13 +188,14 @@ def _stages(rng: np.random.Generator, s: float) -> list[tuple[Callable[..., np.n
     ]
 
 
-def random_camera(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+def random_camera(img: np.ndarray, rng: np.random.Generator, strength: float, untouched: float) -> np.ndarray:
     """One frame through a random camera of continuous `strength` (0 = untouched, 1 = the documented ranges).
 
-    A quarter of the frames pass untouched; each of the others gets each stage of `_stages` with probability
-    `P_STAGE` (at least one), with parameters drawn uniformly up to `strength` times the widest setting.
+    A share `untouched` of the frames pass as they are (the training pipeline is one camera too); each of the
+    others gets each stage of `_stages` with probability `P_STAGE` (at least one), with parameters drawn uniformly
+    up to `strength` times the widest setting.
     """
-    if strength <= 0 or rng.random() < P_UNTOUCHED:
+    if strength <= 0 or rng.random() < untouched:
         return img
     stages = _stages(rng, strength)
     chosen = rng.random(len(stages)) < P_STAGE

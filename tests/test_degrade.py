@@ -92,6 +92,17 @@ def test_augmentation_off_is_identity_and_on_varies_per_frame():
     assert np.abs(stronger.astype(int) - frames).mean() > np.abs(a.astype(int) - frames).mean()
 
 
+def test_untouched_sets_the_share_of_frames_left_as_they_are():
+    from marsseg.train.config import TrainConfig
+
+    frames, _ = synthetic_frames(n=200)
+    shares = [(~D.degrade(frames, np.random.default_rng(5), 1.0, u)[1]).mean() for u in (0.0, 0.25, 0.75, 1.0)]
+    assert shares[0] == 0 and shares[-1] == 1
+    assert 0.15 < shares[1] < 0.35 and 0.65 < shares[2] < 0.85
+    with pytest.raises(ValueError, match="untouched"):
+        TrainConfig(data={"untouched": 1.5})
+
+
 def test_training_tiles_are_degraded_before_the_crop(frames_file):
     """The random camera runs on whole frames inside the training data stream, seeded by train_seed."""
     from marsseg.train.fit import TrainTiles

@@ -47,10 +47,11 @@ class DataConfig:
     vflip: bool = False
     photometric: float = 0.0  # >0: random per-tile gamma/gain/offset of this strength (data.photometric)
     degrade: float = 0.0  # >0: each frame through a random camera of this strength before the crop (data.degrade)
+    untouched: float = 0.25  # share of frames the random camera leaves as they are (the file's own pixels)
     camera_labels: float = 1.0  # chance a camera-changed frame keeps its labels; the others learn from distill only
 
 
-AUGMENT_KEYS = ("tiles_per_frame", "hflip", "vflip", "photometric", "degrade", "camera_labels")
+AUGMENT_KEYS = ("tiles_per_frame", "hflip", "vflip", "photometric", "degrade", "untouched", "camera_labels")
 
 
 @dataclass
@@ -186,6 +187,8 @@ class Phase:
         if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
             raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
                              f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
+        if not 0 <= d.untouched <= 1:
+            raise ValueError(f"{where}data.untouched must be a share in [0, 1], got {d.untouched}")
         if not 0 <= d.camera_labels <= 1 or (d.camera_labels < 1 and not (d.degrade and o.distill)):
             raise ValueError(f"{where}data.camera_labels must be in [0, 1] and below 1 only with data.degrade and "
                              f"optim.distill on (the frames it unlabels learn from the teacher), got {d.camera_labels}")

@@ -170,7 +170,8 @@ def random_tiles(
     return x, y
 
 
-def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> tuple[np.ndarray, np.ndarray]:
+def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float,
+            untouched: float = DataConfig.untouched) -> tuple[np.ndarray, np.ndarray]:
     """Each frame through its own random camera (`degrade.random_camera`: blur, motion, noise, resampling, JPEG...).
 
     Applied to whole frames before the tile crop, as a camera degrades the whole picture (a blur or a JPEG block
@@ -180,7 +181,7 @@ def degrade(frames: np.ndarray, rng: np.random.Generator, strength: float) -> tu
     from marsseg.core.degrade import random_camera
 
     views = list(frames)  # random_camera hands an untouched frame back as the same object
-    out = [random_camera(f, rng, strength) for f in views]
+    out = [random_camera(f, rng, strength, untouched) for f in views]
     return np.stack(out), np.array([o is not f for o, f in zip(out, views, strict=True)])
 
 

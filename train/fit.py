@@ -60,7 +60,7 @@ class TrainTiles(keras.utils.PyDataset):
         rng = np.random.default_rng(key)
         frames, masks = self.ds.frames, self.ds.masks
         if d.degrade > 0:
-            frames, touched = D.degrade(frames, rng, d.degrade)
+            frames, touched = D.degrade(frames, rng, d.degrade, d.untouched)
             if d.camera_labels < 1:  # these frames learn from the teacher alone (background = no label);
                 draws = np.random.default_rng((*key, 1)).random(len(frames))  # own stream: the same crops
                 unlabelled = touched & (draws >= d.camera_labels)
