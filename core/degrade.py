@@ -9,6 +9,8 @@ uint8 frame of the same shape.
 
 Two users, one set of functions (NumPy and OpenCV only, so the edge install runs the benchmark):
 - `SUITE`: the benchmark of `marsseg-eval --corruptions`, fixed and documented, three severities each;
+- `HELD_OUT`: families in neither the suite nor training (denoising, median, row banding, quantization, WebP),
+  a check that the robustness reaches cameras nobody trained for;
 - `random_camera`: training's augmentation, a random camera of continuous strength per frame. Its families and
   ranges are wider than the suite's (defocus disks, sharpening, nearest and Lanczos kernels, chained stages):
   the model is meant to learn cameras, not the benchmark's parameters.
@@ -111,6 +113,36 @@ def sharpen(img: np.ndarray, rng: np.random.Generator | None = None, *, amount: 
     return _u8(img + amount * (img - blur))
 
 
+def denoise(img: np.ndarray, rng: np.random.Generator | None = None, *, h: float) -> np.ndarray:
+    """A camera processor's noise reduction (non-local means, filter strength `h`): flattens fine texture while
+    keeping edges, unlike a blur."""
+    return cv2.fastNlMeansDenoising(img, None, h=h, templateWindowSize=5, searchWindowSize=11)
+
+
+def median(img: np.ndarray, rng: np.random.Generator | None = None, *, size: int) -> np.ndarray:
+    """A median filter of `size` (odd) pixels, as processors use against impulse noise."""
+    return cv2.medianBlur(img, size)
+
+
+def row_banding(img: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.ndarray:
+    """Row fixed-pattern noise of a rolling readout: each row offset by its own Gaussian draw (`sigma` of 255)."""
+    return _u8(img + rng.normal(0.0, sigma, (img.shape[0], 1)))
+
+
+def quantize(img: np.ndarray, rng: np.random.Generator | None = None, *, bits: int) -> np.ndarray:
+    """Fewer grey levels (`bits` per pixel, mid-rise): a coarse tone mapping or a low-bit-depth link."""
+    step = 256 >> bits
+    return (img // step * step + step // 2).astype(np.uint8)
+
+
+def webp(img: np.ndarray, rng: np.random.Generator | None = None, *, quality: float) -> np.ndarray:
+    """WebP compression at `quality` (0-100): another codec's artefacts than JPEG's 8×8 blocks."""
+    ok, buf = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, round(quality)])
+    if not ok:
+        raise ValueError(f"WebP encoding failed at quality {quality}")
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
+
 MOTION_ANGLES = (0.0, 45.0, 90.0, 135.0)
 
 
@@ -155,13 +187,23 @@ SUITE: tuple[Corruption, ...] = (
     Corruption("vignetting", vignetting, ({"strength": 0.2}, {"strength": 0.4}, {"strength": 0.6})),
     Corruption("hot-dead-pixels", hot_dead_pixels, ({"fraction": 0.001}, {"fraction": 0.003}, {"fraction": 0.01})),
 )
-BY_NAME = {c.name: c for c in SUITE}
+# Families neither the benchmark nor training's random camera has: how far the robustness generalises to a camera
+# nobody trained for (`marsseg-eval --corruptions held-out`).
+HELD_OUT: tuple[Corruption, ...] = (
+    Corruption("denoise", denoise, ({"h": 4.0}, {"h": 8.0}, {"h": 12.0})),
+    Corruption("median", median, ({"size": 3}, {"size": 5}, {"size": 7})),
+    Corruption("row-banding", row_banding, ({"sigma": 1.0}, {"sigma": 2.5}, {"sigma": 5.0})),
+    Corruption("quantize", quantize, ({"bits": 6}, {"bits": 5}, {"bits": 4})),
+    Corruption("webp", webp, ({"quality": 80}, {"quality": 60}, {"quality": 40})),
+)
+BY_NAME = {c.name: c for c in (*SUITE, *HELD_OUT)}
+GROUPS = {"suite": tuple(c.name for c in SUITE), "held-out": tuple(c.name for c in HELD_OUT)}
 
 
 def corrupt_frames(frames: np.ndarray, corruption: Corruption, severity: int, seed: int = 0) -> np.ndarray:
     """`corruption` at `severity` on every frame; frame i draws from its own generator (seed, corruption, severity,
     i), so a frame's result does not depend on which other frames are evaluated with it."""
-    key = SUITE.index(corruption)
+    key = (*SUITE, *HELD_OUT).index(corruption)
     return np.stack([corruption(f, severity, np.random.default_rng((seed, key, severity, i)))
                      for i, f in enumerate(frames)])
 

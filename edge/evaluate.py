@@ -9,12 +9,14 @@ blending); larger overlaps blend overlapping tiles.
 of `degrade.SUITE` (blur, motion blur, sensor noise, JPEG, resampling kernels, exposure, vignetting, hot/dead pixels)
 at three severities, applied to the whole frame before tiling, seeded. It reports each corruption × severity, their
 mean ("corrupted mIoU") and its drop from the clean frames, in eval.json and as a chart (corruptions.png).
+`--corruptions held-out` runs `degrade.HELD_OUT` instead: families neither the suite nor training uses.
 
 Examples:
   marsseg-eval ../shared/data/ai4mars-frames-128.npz --names runs/default/split.json --output out/eval
   marsseg-eval clip.npz --model model_int8.tflite --overlap 0 0.25 0.5
   marsseg-eval clip.npz --overlap 0.25 --corruptions --output out/robustness
   marsseg-eval clip.npz --corruptions dark bright low-contrast
+  marsseg-eval clip.npz --corruptions held-out
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from marsseg.core.degrade import BY_NAME, SUITE, corrupt_frames
+from marsseg.core.degrade import BY_NAME, GROUPS, corrupt_frames
 from marsseg.core.frames import load_frames
 from marsseg.core.interpreter import ModelError
 from marsseg.core.io import write_bytes_atomic, write_text_atomic
@@ -108,7 +110,7 @@ def _by_kind(values: np.ndarray) -> dict:
 
 def corruption_study(model: TileModel, frames: np.ndarray, masks: np.ndarray, clean: dict, names: list[str],
                      seed: int = 0) -> dict:
-    """Every corruption × severity of `names` (from `degrade.SUITE`) at the overlap (and flip averaging) of `clean`
+    """Every corruption × severity of `names` (from `degrade.BY_NAME`) at the overlap (and flip averaging) of `clean`
     (the `evaluate` result of the same frames unchanged), on the edge's own path.
 
     "corrupted_mean_iou" is the mean over every pass; "worst_severity_2" the lowest typical-severity pass, the
@@ -193,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell", type=int, default=16, help="terrain grid cell (pixels) for the --min-confidence study")
     p.add_argument("--min-confidence", type=float, nargs="*", default=[0.6, 0.7, 0.8],
                    help="thresholds to report: share of unlabelled / right / wrong cells each would flag")
-    p.add_argument("--corruptions", nargs="*", choices=list(BY_NAME), metavar="NAME",
-                   help=f"also evaluate the first overlap under these camera degradations at severities 1-3 "
-                        f"(none named: all of {', '.join(BY_NAME)})")
+    p.add_argument("--corruptions", nargs="*", choices=[*BY_NAME, *GROUPS], metavar="NAME",
+                   help=f"also evaluate the first overlap under these camera degradations at severities 1-3: "
+                        f"any of {', '.join(BY_NAME)}, or a group ({', '.join(GROUPS)}); none named: the suite")
     p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (noise, pixels, directions)")
     a = p.parse_args(argv)
-    corruptions = (a.corruptions or [c.name for c in SUITE]) if a.corruptions is not None else []
+    named = (a.corruptions or ["suite"]) if a.corruptions is not None else []
+    corruptions = list(dict.fromkeys(n for name in named for n in GROUPS.get(name, (name,))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from marsseg.edge.cli import bundled
 

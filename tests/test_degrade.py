@@ -21,7 +21,7 @@ def textured(n: int = 3, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.mark.parametrize("corruption", G.SUITE, ids=lambda c: c.name)
+@pytest.mark.parametrize("corruption", (*G.SUITE, *G.HELD_OUT), ids=lambda c: c.name)
 def test_each_corruption_keeps_shape_is_seeded_and_grows_with_severity(corruption):
     frames = textured()
     runs = [G.corrupt_frames(frames, corruption, s, seed=7) for s in (1, 2, 3)]
@@ -180,6 +180,9 @@ def test_distillation_needs_a_model_to_learn_from():
         TrainConfig(optim={"distill": 1.0})
     later = {"name": "camera", "optim": {"distill": 1.0, "freeze_bn": True}, "data": {"degrade": 1.0}}
     assert TrainConfig(phases=({"name": "clean"}, later)).phase_configs()[1].optim.distill == 1.0  # the phase before
+    assert TrainConfig(optim={"distill": 1.0, "teacher": "t.keras"}).phase_configs()[0].optim.teacher == "t.keras"
+    with pytest.raises(ValueError, match=r"optim\.teacher is only read with optim\.distill"):
+        TrainConfig(optim={"teacher": "t.keras"}).phase_configs()
 
 
 def test_camera_labels_leaves_changed_frames_to_the_teacher(frames_file):

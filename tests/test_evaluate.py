@@ -70,6 +70,19 @@ def test_eval_corruption_suite(tmp_path, capsys):
     assert e.value.code == 2 and "'gaussian-blur'" in capsys.readouterr().err
 
 
+def test_eval_held_out_group_runs_the_families_nobody_trained_for(tmp_path):
+    from marsseg.core.degrade import HELD_OUT, SUITE
+
+    frames, masks = synthetic_frames(n=2)
+    data = tmp_path / "clip.npz"
+    np.savez(data, frames=frames, masks=masks)
+    assert main([str(data), "--model", str(TINY_MODEL), "--overlap", "0", "--corruptions", "held-out", "jpeg",
+                 "--output", str(tmp_path / "ev")]) == 0
+    rows = json.loads((tmp_path / "ev" / "eval.json").read_text())["corruptions"]["results"]
+    assert [r["corruption"] for r in rows[::3]] == [*(c.name for c in HELD_OUT), "jpeg"]
+    assert not {c.name for c in HELD_OUT} & {c.name for c in SUITE}
+
+
 def test_exposure_lut():
     from marsseg.core.spec import exposure_lut
 

@@ -1,6 +1,7 @@
 """The training CLI end to end on a few dozen tiles: run folder, phases, adjustment, exact resume; and the config."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -337,3 +338,17 @@ def test_sigterm_inside_a_phase_resumes_exactly_and_a_damaged_checkpoint_is_refu
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
     assert main(["--resume", str(whole.parent / "cut-copy")]) == 2
     assert "checkpoint.npz is damaged" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_phase_distills_from_its_own_teacher(two_phase_run, caplog):
+    """optim.teacher: a model other than the start (here none: from scratch) gives the distillation targets."""
+    args, whole = two_phase_run
+    teacher = whole / "phase1-clean.keras"
+    one = json.dumps([{"name": "camera", "data": {"degrade": 0.5}, "optim": {"epochs": 1, "distill": 1.0,
+                                                                             "teacher": str(teacher)}}])
+    with caplog.at_level(logging.INFO, logger="marsseg.train.fit"):
+        assert main([*args, "--set", f"phases={one}", "--run-name", "taught"]) == 0
+    assert f"distilling from {teacher} (weight 1)" in caplog.text
+    cfg = json.loads((whole.parent / "taught" / "config.json").read_text())
+    assert cfg["phases"][0]["optim"]["teacher"] == str(teacher) and not cfg["init_from"]

@@ -174,7 +174,8 @@ def phase_rows(chain: list[Leg]) -> list[str]:
                    *(["fake-quant"] if p.quant.fake_quant else []),
                    *([f"cameras {d.degrade:g}" + ("" if d.camera_labels == 1 else f" (labels {d.camera_labels:g})")]
                      if d.degrade else []),
-                   *([f"distill {o.distill:g}"] if o.distill else []), *(["BN frozen"] if o.freeze_bn else [])]
+                   *([f"distill {o.distill:g}" + (f" from {o.teacher}" if o.teacher else "")] if o.distill else []),
+                   *(["BN frozen"] if o.freeze_bn else [])]
             score = (f"{r['val_miou']:.4f} (camera {r['val_miou_camera']:.4f})" if "val_miou" in r
                      else f"{m['mean_iou']:.4f}")
             rows.append(f"| `{leg.name}`{'' if len(phases) == 1 else ' / ' + p.name} | {start} | {', '.join(how)} | "

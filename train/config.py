@@ -61,7 +61,8 @@ class OptimConfig:
     rare_cap: float = 10.0  # cap on any class weight (big rock would be ~150 uncapped)
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
-    distill: float = 0.0  # >0: weight of matching the phase's start model on clean frames (losses.with_distillation)
+    distill: float = 0.0  # >0: weight of matching the teacher's answers on clean frames (losses.with_distillation)
+    teacher: str = ""  # the .keras model distill matches (any architecture); empty: the phase's start model
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -121,7 +122,8 @@ class TrainConfig:
     def phase_configs(self) -> list[Phase]:
         """Every phase in order, each with its own data (augmentation), optim and quant sections, epochs scaled by
         `epoch_scale`. Without `phases` the config is its own single phase, "main". A phase that distills or
-        freezes batch norm needs a start model: `init_from` for the first, the phase before for the others.
+        freezes batch norm needs a start model: `init_from` for the first, the phase before for the others (a
+        phase that distills from its own `optim.teacher` does not).
         """
         values = {s: dataclasses.asdict(getattr(self, s)) for s in PHASE_SECTIONS}
         out = []
@@ -138,9 +140,10 @@ class TrainConfig:
                 values[s] = {**values[s], **phase.get(s, {})}
             out.append(Phase(name, *(_build(SECTIONS[s], values[s], s) for s in PHASE_SECTIONS)).scaled(
                 self.epoch_scale))
-            if (out[-1].optim.freeze_bn or out[-1].optim.distill) and k == 0 and not self.init_from:
+            o = out[-1].optim
+            if (o.freeze_bn or (o.distill and not o.teacher)) and k == 0 and not self.init_from:
                 raise ValueError(f"phase {name!r}: optim.freeze_bn and optim.distill need a start model "
-                                 "(init_from, or an earlier phase)")
+                                 "(init_from, or an earlier phase; distill may name optim.teacher instead)")
         return out
 
     def to_json(self) -> str:
@@ -187,6 +190,8 @@ class Phase:
         if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
             raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
                              f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
+        if o.teacher and not o.distill:
+            raise ValueError(f"{where}optim.teacher is only read with optim.distill > 0 (its weight), got 0")
         if not 0 <= d.untouched <= 1:
             raise ValueError(f"{where}data.untouched must be a share in [0, 1], got {d.untouched}")
         if not 0 <= d.camera_labels <= 1 or (d.camera_labels < 1 and not (d.degrade and o.distill)):
