@@ -113,6 +113,13 @@ def sharpen(img: np.ndarray, rng: np.random.Generator | None = None, *, amount: 
     return _u8(img + amount * (img - blur))
 
 
+def bilateral(img: np.ndarray, rng: np.random.Generator | None = None, *, sigma_color: float,
+              sigma_space: float) -> np.ndarray:
+    """Edge-preserving noise reduction (bilateral filter): smooths differences below ~`sigma_color` grey levels
+    within ~`sigma_space` pixels, so fine texture goes while edges stay (a blur takes both)."""
+    return cv2.bilateralFilter(img, 0, sigma_color, sigma_space, borderType=BORDER)
+
+
 def denoise(img: np.ndarray, rng: np.random.Generator | None = None, *, h: float) -> np.ndarray:
     """A camera processor's noise reduction (non-local means, filter strength `h`): flattens fine texture while
     keeping edges, unlike a blur."""
@@ -212,7 +219,8 @@ P_STAGE = 0.3  # chance of each stage below on the other frames (at least one is
 
 
 def _stages(rng: np.random.Generator, s: float) -> list[tuple[Callable[..., np.ndarray], dict]]:
-    """A random camera, in the order light meets it: optics, motion, vignetting, sensor, processor, resize, codec."""
+    """A random camera, in the order light meets it: optics, motion, vignetting, sensor, processor (noise
+    reduction, sharpening), resize, codec."""
     blur = ((gaussian_blur, {"sigma": rng.uniform(0.2, 0.2 + 1.6 * s)}) if rng.random() < 0.5
             else (defocus, {"radius": rng.uniform(0.5, 0.5 + 2.0 * s)}))
     fewest = 20000.0 ** (1 - min(s, 1.0)) * 150.0 ** min(s, 1.0)  # electrons at full scale: 20,000 down to 150
@@ -223,6 +231,7 @@ def _stages(rng: np.random.Generator, s: float) -> list[tuple[Callable[..., np.n
         (vignetting, {"strength": rng.uniform(0, 0.7 * s)}),
         (sensor_noise, {"full_well": full_well, "read": rng.uniform(0, 5.0 * s)}),
         (hot_dead_pixels, {"fraction": float(np.exp(rng.uniform(np.log(1e-4), np.log(1e-4 + 0.02 * s))))}),
+        (bilateral, {"sigma_color": rng.uniform(3.0, 3.0 + 37.0 * s), "sigma_space": rng.uniform(0.5, 0.5 + 2.5 * s)}),
         (sharpen, {"amount": rng.uniform(0.2, 0.2 + 1.5 * s), "sigma": rng.uniform(0.5, 2.0)}),
         (resample, {"factor": rng.uniform(1.1, 1.1 + 2.4 * s), "down": str(rng.choice(list(KERNELS))),
                     "up": str(rng.choice(list(KERNELS)))}),
