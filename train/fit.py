@@ -251,15 +251,16 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
              np.round(weights, 3).tolist(), f", from {start}" if start else "")
     loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight)
     model = build_model(cfg.model)
-    if start:
-        model.set_weights(keras.saving.load_model(start, compile=False).get_weights())
+    start_model = keras.saving.load_model(start, compile=False) if start else None
+    if start_model is not None:
+        model.set_weights(start_model.get_weights())
     if o.freeze_bn:
         freeze_batch_norm(model)
     steps = math.ceil(len(train_ds) * phase.data.tiles_per_frame / o.batch_size)
     optimizer = keras.optimizers.Adam(learning_rate_schedule(phase, steps), use_ema=o.ema > 0,
                                       ema_momentum=o.ema or 0.99)
     net = quant.with_fake_quant(model) if phase.quant.fake_quant else model  # shares model's weights
-    teacher = keras.saving.load_model(o.teacher or start, compile=False) if o.distill else None
+    teacher = (keras.saving.load_model(o.teacher, compile=False) if o.teacher else start_model) if o.distill else None
     if teacher is not None:
         log.info("distilling from %s (weight %g)", o.teacher or start, o.distill)
     net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, o.distill) if teacher else loss_fn)
