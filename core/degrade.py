@@ -203,14 +203,15 @@ HELD_OUT: tuple[Corruption, ...] = (
     Corruption("quantize", quantize, ({"bits": 6}, {"bits": 5}, {"bits": 4})),
     Corruption("webp", webp, ({"quality": 80}, {"quality": 60}, {"quality": 40})),
 )
-BY_NAME = {c.name: c for c in (*SUITE, *HELD_OUT)}
+ALL: tuple[Corruption, ...] = (*SUITE, *HELD_OUT)  # index = the corruption's seed key; append, never reorder
+BY_NAME = {c.name: c for c in ALL}
 GROUPS = {"suite": tuple(c.name for c in SUITE), "held-out": tuple(c.name for c in HELD_OUT)}
 
 
 def corrupt_frames(frames: np.ndarray, corruption: Corruption, severity: int, seed: int = 0) -> np.ndarray:
     """`corruption` at `severity` on every frame; frame i draws from its own generator (seed, corruption, severity,
     i), so a frame's result does not depend on which other frames are evaluated with it."""
-    key = (*SUITE, *HELD_OUT).index(corruption)
+    key = ALL.index(corruption)
     return np.stack([corruption(f, severity, np.random.default_rng((seed, key, severity, i)))
                      for i, f in enumerate(frames)])
 

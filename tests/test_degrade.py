@@ -21,7 +21,7 @@ def textured(n: int = 3, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.mark.parametrize("corruption", (*G.SUITE, *G.HELD_OUT), ids=lambda c: c.name)
+@pytest.mark.parametrize("corruption", G.ALL, ids=lambda c: c.name)
 def test_each_corruption_keeps_shape_is_seeded_and_grows_with_severity(corruption):
     frames = textured()
     runs = [G.corrupt_frames(frames, corruption, s, seed=7) for s in (1, 2, 3)]
