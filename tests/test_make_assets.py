@@ -87,6 +87,14 @@ def test_card_quotes_frame_level_and_corruption_figures_from_the_runs_eval(tmp_p
     assert "| degradation | before (v17q) s1 | s2 | s3 | this model (run) s1 | s2 | s3 |" in table
     assert "| jpeg | 0.4300 | 0.3300 | 0.2300 | 0.6900 | 0.6800 | 0.6500 |" in table
     assert "| clean | 0.7300 |  |  | 0.7000 |  |  |" in table and "| **corrupted mean** | 0.5033 |" in table
+    assert "not trained for" not in table
+    (run / "held-out").mkdir()
+    (run / "held-out" / "eval.json").write_text(json.dumps(
+        {"corruptions": _study(0.7, {"denoise": (0.1, 0.25, 0.3), "median": (0.02, 0.1, 0.2)})}))
+    table = make_assets.robustness_section(run, old)
+    held = table[table.index("not trained for"):]
+    assert "drop from clean 0.1617" in held and "Worst at severity 2: denoise 0.4500" in held
+    assert "| denoise | 0.6000 | 0.4500 | 0.4000 |" in held and "| jpeg" not in held
 
 
 def test_a_leg_started_from_a_tool_made_model_ends_the_lineage_with_its_command(tmp_path, monkeypatch):

@@ -109,7 +109,8 @@ def frame_level(run: Path) -> str:
     if ev.get("corruptions"):
         c = ev["corruptions"]
         w = c["worst_severity_2"]
-        lines.append(f"  Under camera degradations (`--corruptions`, overlap {c['overlap']:g}, 12 kinds × 3 "
+        kinds = len({r["corruption"] for r in c["results"]})
+        lines.append(f"  Under camera degradations (`--corruptions`, overlap {c['overlap']:g}, {kinds} kinds × 3 "
                      f"severities): corrupted mean IoU {c['corrupted_mean_iou']:.4f} (clean "
                      f"{c['clean']['mean_iou']:.4f}, drop {c['drop']:.4f}); worst at severity 2: {w['corruption']} "
                      f"{w['mean_iou']:.4f}")
@@ -289,10 +290,16 @@ Run config of `{run.name}`:
 """
 
 
+def _study(path: Path) -> dict | None:
+    """The `--corruptions` study of a `marsseg-eval` report, None when it was not run."""
+    return json.loads(path.read_text()).get("corruptions") if path.is_file() else None
+
+
 def robustness_section(run: Path, baseline: Path | None) -> str:
-    """The card's corruption table: this model and, when given, the model it replaces (`--baseline eval.json`)."""
-    path = run / "eval" / "eval.json"
-    study = json.loads(path.read_text()).get("corruptions") if path.is_file() else None
+    """The card's corruption tables: this model and, when given, the model it replaces (`--baseline eval.json`);
+    then, when `marsseg-eval … --corruptions held-out --output <run>/held-out` was run, the camera families nobody
+    trained for, so a user sees which camera stages to switch off."""
+    study = _study(run / "eval" / "eval.json")
     if not study:
         return ""
     studies = {}
@@ -302,7 +309,18 @@ def robustness_section(run: Path, baseline: Path | None) -> str:
     studies[f"this model ({run.name})"] = study
     return ("- **Robustness** (int8, frame level; each degradation of `marsseg/core/degrade.py` applied to the whole\n"
             "  frame before tiling at severities 1–3, seed 0; mean IoU over classes 1–4):\n\n"
-            + robustness_table(studies) + "\n\n")
+            + robustness_table(studies) + "\n\n" + held_out_section(run))
+
+
+def held_out_section(run: Path) -> str:
+    held = _study(run / "held-out" / "eval.json")
+    if not held:
+        return ""
+    return ("- **Camera stages it was not trained for** (`marsseg-eval … --corruptions held-out --output "
+            f"runs/{run.name}/held-out`; drop from clean {held['drop']:.4f}). Worst at severity 2: "
+            f"{held['worst_severity_2']['corruption']} {held['worst_severity_2']['mean_iou']:.4f}; send frames "
+            "without the camera's own noise reduction:\n\n" + robustness_table({f"this model ({run.name})": held})
+            + "\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:
