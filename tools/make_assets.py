@@ -318,8 +318,8 @@ def held_out_section(run: Path) -> str:
         return ""
     return ("- **Camera stages it was not trained for** (`marsseg-eval … --corruptions held-out --output "
             f"runs/{run.name}/held-out`; drop from clean {held['drop']:.4f}). Worst at severity 2: "
-            f"{held['worst_severity_2']['corruption']} {held['worst_severity_2']['mean_iou']:.4f}; send frames "
-            "without the camera's own noise reduction:\n\n" + robustness_table({f"this model ({run.name})": held})
+            f"{held['worst_severity_2']['corruption']} {held['worst_severity_2']['mean_iou']:.4f} (keep the "
+            "worst of these out of the camera's pipeline):\n\n" + robustness_table({f"this model ({run.name})": held})
             + "\n\n")
 
 
