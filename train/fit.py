@@ -261,6 +261,7 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
                                       ema_momentum=o.ema or 0.99)
     net = quant.with_fake_quant(model) if phase.quant.fake_quant else model  # shares model's weights
     teacher = (keras.saving.load_model(o.teacher, compile=False) if o.teacher else start_model) if o.distill else None
+    del start_model  # only a teacher needs it past this point
     if teacher is not None:
         log.info("distilling from %s (weight %g)", o.teacher or start, o.distill)
     net.compile(optimizer=optimizer, loss=with_distillation(loss_fn, o.distill) if teacher else loss_fn)
