@@ -62,7 +62,7 @@ def edge_miou(tmp_path, *args) -> tuple[float, str]:
 
 def test_navcam_sized_frames_run_at_the_models_ground_scale(navcam_clip, tmp_path):
     """--fov 45 on 1024² frames resizes exactly as --scale 0.125, and the bundled model scores them within 0.02 of
-    the native frames (the clip: 0.681 vs 0.690; the 1,200 validation frames: 0.707 vs 0.708 for camera-swa-v26,
+    the native frames (the 1,200 validation frames: 0.709 vs 0.710 for camera-long-v31,
     0.630 vs 0.678 for default-v19, before the camera work: docs/robustness.md)."""
     by_fov, log_fov = edge_miou(tmp_path, "--source", navcam_clip, "--fov", "45")
     by_scale, _ = edge_miou(tmp_path, "--source", navcam_clip, "--scale", "0.125")
