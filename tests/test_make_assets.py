@@ -48,6 +48,11 @@ def test_lineage_is_oldest_first_and_commands_rebuild_each_config(tmp_path, monk
     assert "continued with `marsseg-train --resume runs/c`" in make_assets.recipe_section(
         make_assets.lineage(runs / "c"), None)
     assert "Not (yet) made by the default recipe" in make_assets.recipe_section(chain, None)
+    longer = _leg(runs, "d", phases=recipe.phases, model=recipe.model, optim=recipe.optim, data=recipe.data,
+                  adjust=recipe.adjust, train_seed=recipe.train_seed, epoch_scale=2.0)
+    made = make_assets.recipe_section(make_assets.lineage(runs / "d"), None)
+    assert "Made by the default recipe at 2× its length in one command" in made
+    assert f"`{make_assets.train_command(longer)}`" in made and "epoch_scale=2" in made
 
 
 def test_lineage_names_a_missing_parent_run(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from marsseg.train.config import ModelConfig  # noqa: E402
-from marsseg.train.losses import make_loss  # noqa: E402
+from marsseg.train.losses import lovasz_softmax, make_loss  # noqa: E402
 from marsseg.train.macs import count_macs  # noqa: E402
 from marsseg.train.model import build_model  # noqa: E402
 
@@ -43,10 +43,10 @@ def test_conv_mac_count_by_hand():
     assert count_macs(keras.Model(inp, out)) == 8 * 16 * 9 * 3 * 4
 
 
-@pytest.mark.parametrize("name", ["wce", "wce_dice", "dice_focal"])
-def test_losses_ignore_zero_weight_class_and_reward_correct(name):
+@pytest.mark.parametrize(("name", "lovasz"), [("wce", 0), ("wce_dice", 0), ("dice_focal", 0), ("wce_dice", 0.5)])
+def test_losses_ignore_zero_weight_class_and_reward_correct(name, lovasz):
     w = np.array([0, 1, 1, 1, 5], np.float32)
-    loss = make_loss(name, w)
+    loss = make_loss(name, w, lovasz=lovasz)
     y = np.array([[[1, 2, 0, 4]]])
     good = np.eye(5, dtype=np.float32)[[1, 2, 3, 4]][None, None] * 0.96 + 0.01
     bad = np.eye(5, dtype=np.float32)[[2, 3, 3, 1]][None, None] * 0.96 + 0.01
@@ -56,3 +56,17 @@ def test_losses_ignore_zero_weight_class_and_reward_correct(name):
     other = good.copy()
     other[0, 0, 2] = np.eye(5, dtype=np.float32)[0] * 0.96 + 0.01
     assert float(keras.ops.convert_to_numpy(loss(y, other))) == pytest.approx(lg, rel=1e-5)
+
+
+def test_lovasz_equals_jaccard_loss_on_hard_answers():
+    """At one-hot answers the Lovász extension is the set function itself: mean over the classes present in the
+    truth of 1 - IoU, background-truth pixels ignored whatever is predicted there."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, (2, 8, 16))
+    y[y == 4] = 3  # big rock absent from the truth: left out of the mean although it is predicted
+    pred = np.where(rng.random(y.shape) < 0.3, rng.integers(0, 5, y.shape), y)
+    ious = [((y == k) & (pred == k)).sum() / ((y == k) | ((pred == k) & (y > 0))).sum() for k in (1, 2, 3)]
+    loss = lovasz_softmax(np.array([0, 1, 1, 1, 5], np.float32))
+    got = float(keras.ops.convert_to_numpy(loss(y, np.eye(5, dtype=np.float32)[pred])))
+    assert got == pytest.approx(1 - np.mean(ious), abs=1e-4)
+    assert float(keras.ops.convert_to_numpy(loss(y, np.eye(5, dtype=np.float32)[y]))) == pytest.approx(0, abs=1e-5)

@@ -74,6 +74,7 @@ def test_adjust_keeps_the_scale_of_the_offsets_that_scores_best_on_validation():
     # the kept scale scores the best (on an untrained model scales can tie; adjust keeps the first listed)
     assert by_scale[f"{done['scale']:g}"] == max(by_scale.values())
     np.testing.assert_allclose(done["bias"], done["scale"] * np.array(done["fitted_bias"]), atol=1e-4)
+    assert "-0.0," not in str(done["bias"]) + ","  # scale 0 × a negative offset is written as 0.0 (model card)
 
 
 def test_choose_scale_scores_each_multiple_of_the_offsets():

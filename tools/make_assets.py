@@ -46,6 +46,7 @@ def demo_clip(ds: D.Dataset, val_names: list[str], n: int) -> D.Dataset:
 
 Leg = tuple[Path, TrainConfig, dict]  # (run folder, its config, its metrics)
 RUN_ONLY = ("data.path", "out_dir", "run_name", "time_budget_min")  # not part of a recipe
+LENGTH_ONLY = ("epoch_scale",)  # how long a recipe runs, not what it is
 
 
 def lineage(run: Path) -> list[Leg]:
@@ -190,11 +191,12 @@ def recipe_section(chain: list[Leg], short: Path | None) -> str:
     leg, cfg, m = chain[-1]
     recipe = TrainConfig.load(DEFAULT_CONFIG)
     phases = ", ".join(f"{p.name} ({p.optim.epochs} epochs)" for p in recipe.phase_configs())
-    if len(chain) == 1 and not recipe_changes(cfg):
+    if len(chain) == 1 and not recipe_changes(cfg).keys() - set(LENGTH_ONLY):
         resumed = m.get("resumed")
         legs = f" It ran in legs, each continued with `marsseg-train --resume runs/{leg.name}`." if resumed else ""
-        return (f"  Made by the default recipe in one command (`train/configs/default.json`: {phases}):\n"
-                f"  `marsseg-train --data ai4mars-frames-128.npz --run-name {leg.name}`.{legs}\n\n")
+        length = f" at {cfg.epoch_scale:g}× its length" if cfg.epoch_scale != 1 else ""
+        return (f"  Made by the default recipe{length} in one command (`train/configs/default.json`: {phases}):\n"
+                f"  `{train_command(cfg)}`.{legs}\n\n")
     text = (f"  **Not (yet) made by the default recipe's one command** (`marsseg-train`, `train/configs/default.json`: "
             f"{phases}): it came from the run(s) above, commands under Reproduce.\n")
     if short is None:

@@ -61,6 +61,7 @@ class OptimConfig:
     rare_cap: float = 10.0  # cap on any class weight (big rock would be ~150 uncapped)
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
+    lovasz: float = 0.0  # >0: weight of a Lovász-softmax term (a surrogate of the per-class IoU the score is)
     distill: float = 0.0  # >0: weight of matching the teacher's answers on clean frames (losses.with_distillation)
     teacher: str = ""  # the .keras model distill matches (any architecture); empty: the phase's start model
     epochs: int = 40
@@ -190,6 +191,8 @@ class Phase:
         if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
             raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
                              f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
+        if o.lovasz < 0:
+            raise ValueError(f"{where}optim.lovasz is a loss weight and must be >= 0, got {o.lovasz}")
         if o.teacher and not o.distill:
             raise ValueError(f"{where}optim.teacher is only read with optim.distill > 0 (its weight), got 0")
         if not 0 <= d.untouched <= 1:

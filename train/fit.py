@@ -249,7 +249,7 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
     weights = D.class_weights(train_ds.masks, o.background_weight, o.rare_cap)
     log.info("phase %d/%d %r: %d epochs, class weights %s%s", k + 1, len(phases), phase.name, o.epochs,
              np.round(weights, 3).tolist(), f", from {start}" if start else "")
-    loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight)
+    loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight, o.lovasz)
     model = build_model(cfg.model)
     start_model = keras.saving.load_model(start, compile=False) if start else None
     if start_model is not None:

@@ -113,7 +113,8 @@ def adjust(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[
         done["val_miou_by_scale"] = {f"{k:g}": round(v, 4) for k, v in by_scale.items()}
     bias = np.float32(scale) * fitted
     fold_logit_bias(model, bias)
-    return {"bias": [round(float(b), 4) for b in bias], "scale": scale, **done}  # exact enough to take out again
+    # 4 decimals: exact enough to take out again; + 0.0 turns the -0.0 of scale 0 × a negative offset into 0.0
+    return {"bias": [round(float(b), 4) + 0.0 for b in bias], "scale": scale, **done}
 
 
 def adjust_run(run_dir: Path, data: str | None = None, sample: int = SAMPLE_TILES, output: Path | None = None,
