@@ -74,7 +74,18 @@ def test_adjust_keeps_the_scale_of_the_offsets_that_scores_best_on_validation():
     # the kept scale scores the best (on an untrained model scales can tie; adjust keeps the first listed)
     assert by_scale[f"{done['scale']:g}"] == max(by_scale.values())
     np.testing.assert_allclose(done["bias"], done["scale"] * np.array(done["fitted_bias"]), atol=1e-4)
-    assert "-0.0," not in str(done["bias"]) + ","  # scale 0 × a negative offset is written as 0.0 (model card)
+
+
+def test_adjust_writes_scale_zero_of_a_negative_offset_as_zero(monkeypatch):
+    """0 × a negative offset is -0.0 in floating point; the record (and the model card quoting it) says 0.0."""
+    monkeypatch.setattr("marsseg.train.prior.fit_logit_bias",
+                        lambda logp, y: (np.array([0, 0.6, 1.1, 0.2, -0.3], np.float32), 0.5, 0.6))
+    rng = np.random.default_rng(4)
+    tiles = rng.integers(0, 256, (4, 64, 128), dtype=np.uint8)
+    masks = rng.integers(1, 5, (4, 64, 128), dtype=np.uint8)
+    done = adjust(build_model(TINY), (tiles, masks), (tiles, masks), sample=2, seed=0, scales=(0,))
+    assert done["scale"] == 0 and done["fitted_bias"][-1] == -0.3
+    assert done["bias"] == [0.0] * 5 and not np.signbit(done["bias"]).any()
 
 
 def test_choose_scale_scores_each_multiple_of_the_offsets():
