@@ -86,7 +86,7 @@ def lovasz_softmax(weights: np.ndarray) -> Callable:
         onehot, probs = ops.reshape(onehot, (-1, c)), ops.reshape(probs, (-1, c))
         total, present = 0.0, 0.0
         for k in keep:
-            fg = onehot[:, k] * valid
+            fg = onehot[:, k]  # class k has weight > 0: its pixels are all valid
             errors = ops.abs(fg - probs[:, k]) * valid
             order = ops.argsort(-ops.stop_gradient(errors))
             fg_sorted = ops.take(fg, order)
