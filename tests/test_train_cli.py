@@ -334,6 +334,10 @@ def test_sigterm_inside_a_phase_resumes_exactly_and_a_damaged_checkpoint_is_refu
 
     assert main(["--resume", str(cut)]) == 2  # finished: nothing to resume
     assert "has finished" in capsys.readouterr().err
+    kept = {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()}
+    assert main([*args, "--run-name", "cut"]) == 2  # a new run under a taken name would overwrite this one
+    assert f"{cut} already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()} == kept
     ckpt = whole.parent / "cut-copy" / "checkpoint.npz"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
     assert main(["--resume", str(whole.parent / "cut-copy")]) == 2

@@ -20,7 +20,7 @@ from marsseg.train.config import Phase, TrainConfig
 from marsseg.train.losses import make_loss, with_distillation
 from marsseg.train.macs import count_macs
 from marsseg.train.model import build_model
-from marsseg.train.run import RunFolder
+from marsseg.train.run import RunError, RunFolder
 from marsseg.train.scoring import data_parallel_devices, evaluate_run, mean_iou, predict_classes
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
     if resume and run.finished:
         raise checkpoint.ResumeError(f"run {run.path} has finished; nothing to resume (start a new run with "
                                      "init_from)")
+    if not resume and run.config_path.is_file():
+        raise RunError(f"{run.path} already holds a run: continue it with `marsseg-train --resume {run.path}` or give "
+                       "another --run-name")
     phases = cfg.phase_configs()
     d = cfg.data
     prep = D.prepare(d)
