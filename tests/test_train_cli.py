@@ -304,6 +304,8 @@ def test_paused_at_the_phase_boundary_resumes_exactly(two_phase_run, monkeypatch
     paused = whole.parent / "paused"
     assert (paused / "phase1-clean.keras").is_file()  # its last epoch ended the phase
     assert not (paused / "metrics.json").exists()
+    assert main([*args, "--run-name", "paused"]) == 2  # not started anew over it: the error says how to go on
+    assert f"continue it with `marsseg-train --resume {paused}`" in capsys.readouterr().err
     monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", real_budget)
     assert main(["--resume", str(paused)]) == 0
     assert_resumed_like(whole, paused)
@@ -336,7 +338,7 @@ def test_sigterm_inside_a_phase_resumes_exactly_and_a_damaged_checkpoint_is_refu
     assert "has finished" in capsys.readouterr().err
     kept = {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()}
     assert main([*args, "--run-name", "cut"]) == 2  # a new run under a taken name would overwrite this one
-    assert f"{cut} already holds a run" in capsys.readouterr().err
+    assert f"{cut} already holds a finished run: give another --run-name" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()} == kept
     ckpt = whole.parent / "cut-copy" / "checkpoint.npz"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a power cut mid-copy, say
