@@ -175,10 +175,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
         raise checkpoint.ResumeError(f"run {run.path} has finished; nothing to resume (start a new run with "
                                      "init_from)")
     if not resume and run.config_path.is_file():
-        done = run.finished
-        raise RunError(f"{run.path} already holds a{' finished' if done else 'n unfinished'} run: "
-                       + ("" if done else f"continue it with `marsseg-train --resume {run.path}` or ")
-                       + "give another --run-name")
+        held, how = ("a finished", "") if run.finished else (
+            "an unfinished", f"continue it with `marsseg-train --resume {run.path}` or ")
+        raise RunError(f"{run.path} already holds {held} run: {how}give another --run-name")
     phases = cfg.phase_configs()
     d = cfg.data
     prep = D.prepare(d)
