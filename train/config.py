@@ -91,7 +91,7 @@ class AdjustConfig:
 class TrainConfig:
     out_dir: str = "runs"
     run_name: str = ""  # default: <arch>-<timestamp>
-    init_from: str = ""  # a .keras model of the same architecture to start from
+    init_from: str = ""  # a .keras model of the same architecture to start from (narrower: widened, see widen.py)
     train_seed: int | None = None  # crops, flips, cameras, dropout, init; unset: data.seed
     epoch_scale: float = 1.0  # multiplies every phase's epochs (and warm-up): e.g. 0.1 for a CPU
     time_budget_min: float = 0.0  # >0: pause (resumable) at the last epoch that fits this wall time

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from marsseg.core.io import sha256_file, write_atomic
 from marsseg.core.spec import preprocess
-from marsseg.train import checkpoint, cluster, prior, quant
+from marsseg.train import checkpoint, cluster, prior, quant, widen
 from marsseg.train import data as D
 from marsseg.train.callbacks import BestCheckpoint, EmaSwap, ResumeCheckpoint, TimeBudget, ValidationIoU
 from marsseg.train.config import Phase, TrainConfig
@@ -256,8 +256,8 @@ def run_phase(cfg: TrainConfig, run: RunFolder, phases: list[Phase], k: int, tra
     loss_fn = make_loss(o.loss, weights, o.focal_gamma, o.dice_weight, o.lovasz)
     model = build_model(cfg.model)
     start_model = keras.saving.load_model(start, compile=False) if start else None
-    if start_model is not None:
-        model.set_weights(start_model.get_weights())
+    if start_model is not None and widen.transfer_weights(start_model, model):
+        log.info("widened %s: its weights in the leading channels, the new ones wired in at zero", start)
     if o.freeze_bn:
         freeze_batch_norm(model)
     steps = math.ceil(len(train_ds) * phase.data.tiles_per_frame / o.batch_size)
