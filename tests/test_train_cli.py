@@ -358,3 +358,19 @@ def test_a_phase_distills_from_its_own_teacher(two_phase_run, caplog):
     assert f"distilling from {teacher} (weight 1)" in caplog.text
     cfg = json.loads((whole.parent / "taught" / "config.json").read_text())
     assert cfg["phases"][0]["optim"]["teacher"] == str(teacher) and not cfg["init_from"]
+
+
+def test_a_start_model_that_does_not_fit_is_refused_before_the_run_folder(frames_file, tmp_path, capsys):
+    """A missing or too-wide init_from: one line naming it, exit 2, and no run folder left to block the name."""
+    from marsseg.train.config import ModelConfig
+    from marsseg.train.model import build_model
+
+    wider = tmp_path / "wider.keras"
+    build_model(ModelConfig(fine_widths=(6, 8, 8), bottleneck=8, coarse_widths=(8, 8), coarse_bottleneck=8,
+                            se_ratio=1)).save(wider)
+    for start, says in ((tmp_path / "gone.keras", "no such model"), (wider, "at least the start model's")):
+        rc = main(["--data", str(frames_file), *single_phase(1), "--out-dir", str(tmp_path / "runs"),
+                   "--run-name", "bad-start", "--set", f"init_from={start}", *TINY])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"init_from {start}" in err[0] and says in err[0], err
+        assert not (tmp_path / "runs" / "bad-start").exists()

@@ -8,6 +8,7 @@ import logging
 import math
 import shutil
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -178,6 +179,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
         held, how = ("a finished", "") if run.finished else (
             "an unfinished", f"continue it with `marsseg-train --resume {run.path}` or ")
         raise RunError(f"{run.path} already holds {held} run: {how}give another --run-name")
+    if cfg.init_from and not resume:
+        check_start(cfg)
     phases = cfg.phase_configs()
     d = cfg.data
     prep = D.prepare(d)
@@ -206,6 +209,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
                 raise Paused(f"time budget of {cfg.time_budget_min:g} min reached in phase {phases[k].name!r}")
     finish(cfg, run, phases, prep, (val_x, val_y), resume)
     return run
+
+
+def check_start(cfg: TrainConfig) -> None:
+    """Refuse a start model that is missing or does not fit the config's model before the run folder is written, so
+    a mistyped `init_from` leaves no half-made run behind to block its name."""
+    if not Path(cfg.init_from).is_file():
+        raise FileNotFoundError(f"init_from {cfg.init_from}: no such model; give a .keras file, e.g. "
+                                "edge/assets/model.keras")
+    try:
+        widen.transfer_weights(keras.saving.load_model(cfg.init_from, compile=False), build_model(cfg.model))
+    except widen.WidenError as e:
+        raise widen.WidenError(f"init_from {cfg.init_from}: {e}") from None
 
 
 def resume_point(run: RunFolder, phases: list[Phase]) -> tuple[int, tuple | None]:

@@ -59,7 +59,8 @@ def _transfer_layer(ls, lt, ins: list[tuple[np.ndarray, int]]) -> tuple[np.ndarr
         k_src, k = ls.kernel.numpy(), lt.kernel.numpy()
         co = k_src.shape[-1]
         if width != k_src.shape[2] or k.shape[-1] < co or set(range(width)) - set(cmap.tolist()):
-            raise WidenError(f"layer {lt.name}: the target is narrower than the source; widths may only grow")
+            raise WidenError(f"layer {lt.name} is wider in the start model ({width} in, {co} out) than in this one; "
+                             "give every model width at least the start model's")
         old = cmap >= 0
         k[:, :, ~old, :co] = 0.0  # nothing the source had reads a new channel
         k[:, :, old, :co] = k_src[:, :, cmap[old], :]
