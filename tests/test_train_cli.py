@@ -361,7 +361,7 @@ def test_a_phase_distills_from_its_own_teacher(two_phase_run, caplog):
 
 
 def test_a_start_model_that_does_not_fit_is_refused_before_the_run_folder(frames_file, tmp_path, capsys):
-    """A missing or too-wide init_from: one line naming it, exit 2, and no run folder left to block the name."""
+    """A missing or too-wide init_from, or a missing teacher: one line naming it, exit 2, no run folder left behind."""
     from marsseg.train.config import ModelConfig
     from marsseg.train.model import build_model
 
@@ -374,3 +374,8 @@ def test_a_start_model_that_does_not_fit_is_refused_before_the_run_folder(frames
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and f"init_from {start}" in err[0] and says in err[0], err
         assert not (tmp_path / "runs" / "bad-start").exists()
+    rc = main(["--data", str(frames_file), *single_phase(1), "--out-dir", str(tmp_path / "runs"), "--run-name",
+               "bad-start", "--set", "optim.distill=1", "--set", f"optim.teacher={tmp_path / 'gone.keras'}", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"optim.teacher {tmp_path / 'gone.keras'}: no such model" in err[0], err
+    assert not (tmp_path / "runs" / "bad-start").exists()

@@ -179,9 +179,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
         held, how = ("a finished", "") if run.finished else (
             "an unfinished", f"continue it with `marsseg-train --resume {run.path}` or ")
         raise RunError(f"{run.path} already holds {held} run: {how}give another --run-name")
-    if cfg.init_from and not resume:
-        check_start(cfg)
     phases = cfg.phase_configs()
+    if not resume:
+        check_models(cfg, phases)
     d = cfg.data
     prep = D.prepare(d)
     val_x, val_y = D.fixed_tiles(prep.val)
@@ -211,12 +211,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
     return run
 
 
-def check_start(cfg: TrainConfig) -> None:
-    """Refuse a start model that is missing or does not fit the config's model before the run folder is written, so
-    a mistyped `init_from` leaves no half-made run behind to block its name."""
-    if not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"init_from {cfg.init_from}: no such model; give a .keras file, e.g. "
-                                "edge/assets/model.keras")
+def check_models(cfg: TrainConfig, phases: list[Phase]) -> None:
+    """Refuse a missing start model or teacher, or a start model that does not fit the config's model, before the
+    run folder is written, so a mistyped path leaves no half-made run behind to block its name."""
+    named = [("init_from", cfg.init_from)] + [(f"phase {p.name!r} optim.teacher", p.optim.teacher) for p in phases]
+    for key, path in named:
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{key} {path}: no such model; give a .keras file, e.g. edge/assets/model.keras")
+    if not cfg.init_from:
+        return
     try:
         widen.transfer_weights(keras.saving.load_model(cfg.init_from, compile=False), build_model(cfg.model))
     except widen.WidenError as e:
