@@ -42,6 +42,7 @@ class ModelMetadata:
     export: dict = field(default_factory=dict)
     deg_per_pixel: float = 0.0  # ground scale: degrees of view per pixel of the training frames (0 = not recorded)
     float_model: dict = field(default_factory=dict)  # {file, sha256} of the float .keras it was exported from
+    exposure_floor: float = 0.0  # DN: the runtime lifts darker frames to it (`spec.lift_exposure`; 0 = off)
     format: str = FORMAT
 
     @property
@@ -80,7 +81,8 @@ def metadata_path(model_path: str | Path) -> Path:
 
 
 def build_metadata(model_path: Path, interp: Any, run_id: str, train_metrics: dict, export: dict,
-                   deg_per_pixel: float = 0.0, float_model: dict | None = None) -> ModelMetadata:
+                   deg_per_pixel: float = 0.0, float_model: dict | None = None,
+                   exposure_floor: float = 0.0) -> ModelMetadata:
     """Describe an exported model from the shared spec, the model's own tensors and its training run."""
     i, o = input_info(interp), output_info(interp)
     return ModelMetadata(
@@ -98,6 +100,7 @@ def build_metadata(model_path: Path, interp: Any, run_id: str, train_metrics: di
         export=export,
         deg_per_pixel=deg_per_pixel,
         float_model=float_model or {},
+        exposure_floor=exposure_floor,
     )
 
 

@@ -59,3 +59,30 @@ def exposure_lut(gamma: np.ndarray | float, gain: np.ndarray | float, offset: np
     v = np.linspace(0.0, 1.0, 256)
     g, k, o = (np.asarray(a, np.float64)[..., None] for a in (gamma, gain, offset))
     return np.clip(np.rint((v**g * k + o) * 255), 0, 255).astype(np.uint8)
+
+
+MIN_LIFT_GAMMA = 0.5  # at most a square-root curve: a frame of sensor noise in the dark is not stretched into texture
+
+
+def exposure_floor(tiles: np.ndarray) -> float:
+    """The brightness (DN) of a typical input: the median of the tiles' mean pixel values.
+
+    Measured on the calibration tiles at export (drawn from the training frames), so it says what the model
+    learnt from, and the runtime can bring darker frames up to it (`lift_exposure`).
+    """
+    return float(np.median(tiles.reshape(len(tiles), -1).mean(axis=1)))
+
+
+def lift_exposure(gray: np.ndarray, floor: float) -> np.ndarray:
+    """A uint8 frame whose mean is below `floor` DN, brightened by a gamma curve that takes a pixel at the frame's
+    mean to `floor`; a frame at or above it (or `floor` 0) is returned as it is.
+
+    Why: the models learn underexposed frames from photometric augmentation, yet still lose points on them (the
+    shadows' detail sits in a few grey levels); lifting them, as a camera's auto-exposure would have, recovers most
+    of it (docs/robustness.md). Brighter frames are left alone: darkening them measured worse.
+    """
+    mean = float(gray.mean()) if gray.size else 0.0
+    if floor <= 0 or mean >= floor or mean < 1:  # nothing to do, or a black frame with nothing to lift
+        return gray
+    gamma = max(np.log(floor / 255) / np.log(mean / 255), MIN_LIFT_GAMMA)
+    return exposure_lut(gamma, 1.0, 0.0)[gray]

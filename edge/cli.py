@@ -109,7 +109,8 @@ def build_and_run(cfg: EdgeConfig) -> int:
         publishers.append(McapPublisher(Path(cfg.mcap), lut, table))
     if cfg.queue:
         publishers = [Queued(p, cfg.queue, block=not cfg.drop) for p in publishers]
-    runtime = Runtime(source, Segmenter(model, cfg.overlap, cfg.flip_average), publishers, table, cfg, watchdog)
+    segmenter = Segmenter(model, cfg.overlap, cfg.flip_average, cfg.exposure_floor)
+    runtime = Runtime(source, segmenter, publishers, table, cfg, watchdog)
     if cfg.serial:
         from marsseg.edge.serial_link import SerialPublisher
 

@@ -58,6 +58,10 @@ class EdgeConfig:
                           hint="a fraction of the tile")
     flip_average: bool = _opt(False, "also segment every tile mirrored and average the two answers: about a point of "
                                      "mean IoU (docs/robustness.md) for twice the invoke time", "model")
+    exposure_floor: float | None = _opt(None, "lift frames darker than this mean grey level (DN) with a gamma curve "
+                                              "before tiling, as auto-exposure would (default: the model's typical "
+                                              "input brightness, from its metadata; 0 = off)", "model", 0, 255,
+                                        hint="a mean grey level in DN; 0 = off")
     threads: int = _opt(0, "interpreter threads (default: all cores)", "model", 0, 1024)
     max_tiles: int = _opt(256, "memory budget in tiles per frame; larger frames are refused (default 256: ~400 MB, "
                                "a 1024x1024 frame at overlap 0.25 is 231)", "model", 1)

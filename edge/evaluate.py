@@ -68,14 +68,15 @@ CELL_KINDS = ("unlabelled", "right", "wrong")  # the codes 0, 1, 2 of `kind` bel
 
 
 def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: float, cell: int = 16,
-             thresholds: tuple[float, ...] | None = (), flip: bool = False) -> dict:
+             thresholds: tuple[float, ...] | None = (), flip: bool = False,
+             exposure_floor: float | None = None) -> dict:
     """Pixel confusion matrix and scores; per threshold, which terrain-grid cells `--min-confidence` would flag.
 
     Cells are sorted by their true majority class: unlabelled (background), right (predicted majority = true),
     wrong. A useful threshold flags many wrong and unlabelled cells and few right ones. `thresholds=None` skips
     the cell study (the corruption suite runs 37 passes and reports pixels only).
     """
-    seg = Segmenter(model, overlap, flip)
+    seg = Segmenter(model, overlap, flip, exposure_floor)
     n = model.meta.num_classes
     cm = np.zeros((n, n), np.int64)
     flagged = np.zeros((len(thresholds or ()), len(CELL_KINDS)), np.int64)
@@ -95,8 +96,8 @@ def evaluate(model: TileModel, frames: np.ndarray, masks: np.ndarray, overlap: f
             flagged[k] += np.bincount(kind[pred.confidence.ravel() < t], minlength=len(CELL_KINDS))
     s = scores(cm, model.meta.class_names)
     log.info("overlap %.2f: %d frames, mean IoU %.4f", overlap, len(frames), s.mean_iou)
-    result = {"overlap": overlap, "flip_average": flip, **s.as_dict(), "confusion_matrix": cm.tolist(),
-              "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
+    result = {"overlap": overlap, "flip_average": flip, "exposure_floor": seg.exposure_floor, **s.as_dict(),
+              "confusion_matrix": cm.tolist(), "seconds": round(time.perf_counter() - t0, 2), "frames": len(frames)}
     if thresholds is not None:
         share = np.round(flagged / np.maximum(cells, 1), 4)
         result["min_confidence"] = {"cell": cell, "cells": _by_kind(cells),
@@ -110,8 +111,8 @@ def _by_kind(values: np.ndarray) -> dict:
 
 def corruption_study(model: TileModel, frames: np.ndarray, masks: np.ndarray, clean: dict, names: list[str],
                      seed: int = 0) -> dict:
-    """Every corruption × severity of `names` (from `degrade.BY_NAME`) at the overlap (and flip averaging) of `clean`
-    (the `evaluate` result of the same frames unchanged), on the edge's own path.
+    """Every corruption × severity of `names` (from `degrade.BY_NAME`) at the settings (overlap, flip averaging,
+    exposure floor) of `clean` (the `evaluate` result of the same frames unchanged), on the edge's own path.
 
     "corrupted_mean_iou" is the mean over every pass; "worst_severity_2" the lowest typical-severity pass, the
     figure a single bad camera setting would cost.
@@ -121,14 +122,15 @@ def corruption_study(model: TileModel, frames: np.ndarray, masks: np.ndarray, cl
     for c in (BY_NAME[n] for n in names):
         for severity in (1, 2, 3):
             r = evaluate(model, corrupt_frames(frames, c, severity, seed), masks, overlap, thresholds=None,
-                         flip=clean["flip_average"])
+                         flip=clean["flip_average"], exposure_floor=clean["exposure_floor"])
             rows.append({"corruption": c.name, "severity": severity, "params": c.severities[severity - 1],
                          "mean_iou": r["mean_iou"], "per_class_iou": r["per_class_iou"],
                          "drop": clean["mean_iou"] - r["mean_iou"]})
             log.info("%s severity %d: mean IoU %.4f (clean %.4f)", c.name, severity, r["mean_iou"], clean["mean_iou"])
     corrupted = float(np.mean([r["mean_iou"] for r in rows]))
     worst = min((r for r in rows if r["severity"] == 2), key=lambda r: r["mean_iou"])
-    return {"overlap": overlap, "flip_average": clean["flip_average"], "seed": seed, "frames": len(frames),
+    return {"overlap": overlap, "flip_average": clean["flip_average"], "exposure_floor": clean["exposure_floor"],
+            "seed": seed, "frames": len(frames),
             "clean": {"mean_iou": clean["mean_iou"], "per_class_iou": clean["per_class_iou"]},
             "results": rows, "corrupted_mean_iou": corrupted, "drop": clean["mean_iou"] - corrupted,
             "worst_severity_2": {"corruption": worst["corruption"], "mean_iou": worst["mean_iou"],
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--flip-average", action="store_true", help="as marsseg-edge --flip-average: average each tile's "
                                                                "answer with its mirror image's")
+    p.add_argument("--exposure-floor", type=float, metavar="DN", help="as marsseg-edge --exposure-floor: lift "
+                   "darker frames to this mean (default: the model's metadata; 0 = off)")
     p.add_argument("--cell", type=int, default=16, help="terrain grid cell (pixels) for the --min-confidence study")
     p.add_argument("--min-confidence", type=float, nargs="*", default=[0.6, 0.7, 0.8],
                    help="thresholds to report: share of unlabelled / right / wrong cells each would flag")
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
         ds = load_frames(a.data, names_file=a.names)
         frames, masks = ds.frames, ds.masks
-        results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence), a.flip_average)
+        results = [evaluate(model, frames, masks, o, a.cell, tuple(a.min_confidence), a.flip_average, a.exposure_floor)
                    for o in a.overlap]
         study = corruption_study(model, frames, masks, results[0], corruptions, a.seed) if corruptions else None
     except (ModelError, ValueError, OSError) as e:

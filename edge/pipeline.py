@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from marsseg.core.spec import lift_exposure
 from marsseg.core.tiling import Merger, TileGrid
 from marsseg.edge.model import TileModel
 
@@ -34,12 +35,19 @@ class Segmenter:
     """One frame in, one decided mask out. With `flip` every tile is also segmented mirrored left-right and the two
     answers are averaged (test-time augmentation: the model learnt both orientations, and their errors differ), for
     twice the invoke time; the two run as two invokes of the usual batch, so the interpreter's memory is unchanged.
+    A frame darker than `exposure_floor` DN (default: the model's metadata) is first lifted to it
+    (`spec.lift_exposure`); 0 turns that off.
     """
 
-    def __init__(self, model: TileModel, overlap: float = 0.25, flip: bool = False) -> None:
+    def __init__(self, model: TileModel, overlap: float = 0.25, flip: bool = False,
+                 exposure_floor: float | None = None) -> None:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}")
         self.model, self.flip = model, flip
+        self.exposure_floor = model.meta.exposure_floor if exposure_floor is None else exposure_floor
+        if not 0 <= self.exposure_floor <= 255:
+            raise ValueError(f"exposure floor must be a mean grey level in 0..255 DN (0 = off), "
+                             f"got {self.exposure_floor}")
         th, tw = model.tile_shape
         self.overlap = (int(th * overlap), int(tw * overlap))
         self._states: dict[tuple[int, int], _ShapeState] = {}
@@ -60,7 +68,7 @@ class Segmenter:
             raise ValueError(f"expected a uint8 (H, W) frame, got {gray.dtype} {gray.shape}")
         t0 = time.perf_counter()
         st = self._state(gray.shape)
-        st.grid.extract(gray, out=st.tiles)
+        st.grid.extract(lift_exposure(gray, self.exposure_floor), out=st.tiles)
         t1 = time.perf_counter()
         raw = self.model.run(st.tiles)
         scale, zero_point = self.model.output_scale, self.model.output_zero_point

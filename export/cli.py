@@ -21,7 +21,7 @@ from marsseg.core.frames import DataError
 from marsseg.core.interpreter import ModelError, make_interpreter
 from marsseg.core.io import sha256_file, write_atomic, write_bytes_atomic, write_text_atomic
 from marsseg.core.metadata import build_metadata, metadata_path
-from marsseg.core.spec import CLASS_NAMES, TILE_SHAPE
+from marsseg.core.spec import CLASS_NAMES, TILE_SHAPE, exposure_floor
 from marsseg.train.run import RunError
 
 log = logging.getLogger("marsseg.export")
@@ -111,7 +111,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
         meta = build_metadata(path, make_interpreter(path), run_dir.name, train_metrics,
                               {"calibration": str(calibration), "calibration_tiles": len(tiles),
                                "converter": "tf.lite.TFLiteConverter.from_keras_model", "kind": kind},
-                              deg_per_pixel, float_model)
+                              deg_per_pixel, float_model, exposure_floor(tiles))
         meta.model_file = final.name
         write_text_atomic(metadata_path(path), meta.to_json())
         paths[kind] = (path, final, meta)

@@ -160,3 +160,17 @@ def test_reproduce_puts_an_intermediate_legs_adjustment_between_its_training_and
     assert [line.split()[0] for line in lines] == ["marsseg-train", "marsseg-adjust", "marsseg-train"]
     assert "--run-name v12 " in lines[0] and lines[1] == "marsseg-adjust runs/v12 --output runs/v12u --scales 0"
     assert "--set quant.fake_quant=true" in lines[2] and "--set init_from=runs/v12u/model.keras" in lines[2]
+
+
+def test_card_says_when_the_frames_met_the_exposure_floor(tmp_path):
+    """A study run with the exposure floor is labelled so, beside a baseline run without it (reports made before it)."""
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    study = {**_study(0.71, {"dark": (0.01, 0.02, 0.05)}), "exposure_floor": 58.56}
+    (run / "eval" / "eval.json").write_text(json.dumps(
+        {"frames": 7, "results": [{"overlap": 0.25, "mean_iou": 0.71, "exposure_floor": 58.56}], "corruptions": study}))
+    assert "7 validation frames; frames darker than 58.6 DN lifted to it" in make_assets.frame_level(run)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"run_id": "run", "corruptions": _study(0.70, {"dark": (0.02, 0.04, 0.08)})}))
+    table = make_assets.robustness_section(run, old)
+    assert "| degradation | before (run) s1 | s2 | s3 | this model (run, exposure floor 58.6 DN) s1 |" in table

@@ -105,7 +105,10 @@ def frame_level(run: Path) -> str:
     if not path.is_file():
         return "  Frame level: not evaluated (`marsseg-eval … --output <run>/eval`).\n"
     ev = json.loads(path.read_text())
-    lines = [f"  Frame level (`marsseg-eval`, int8, {ev['frames']} validation frames): " + ", ".join(
+    floor = ev["results"][0].get("exposure_floor")
+    lifted = (f"; frames darker than {floor:.1f} DN lifted to it, the runtime's default (`--exposure-floor`, "
+              "docs/robustness.md)" if floor else "")
+    lines = [f"  Frame level (`marsseg-eval`, int8, {ev['frames']} validation frames{lifted}): " + ", ".join(
         f"overlap {r['overlap']:g} {r['mean_iou']:.4f}" for r in ev["results"])]
     if ev.get("corruptions"):
         c = ev["corruptions"]
@@ -297,6 +300,11 @@ def _study(path: Path) -> dict | None:
     return json.loads(path.read_text()).get("corruptions") if path.is_file() else None
 
 
+def _floor(study: dict) -> str:
+    """How a study's frames met the exposure floor, for a table heading (studies before it had none)."""
+    return f", exposure floor {study['exposure_floor']:.1f} DN" if study.get("exposure_floor") else ""
+
+
 def robustness_section(run: Path, baseline: Path | None) -> str:
     """The card's corruption tables: this model and, when given, the model it replaces (`--baseline eval.json`);
     then, when `marsseg-eval … --corruptions held-out --output <run>/held-out` was run, the camera families nobody
@@ -307,8 +315,9 @@ def robustness_section(run: Path, baseline: Path | None) -> str:
     studies = {}
     if baseline:
         old = json.loads(baseline.read_text())
-        studies[f"before ({old.get('run_id') or old['model_sha256'][:8]})"] = old["corruptions"]
-    studies[f"this model ({run.name})"] = study
+        studies[f"before ({old.get('run_id') or old['model_sha256'][:8]}{_floor(old['corruptions'])})"] = \
+            old["corruptions"]
+    studies[f"this model ({run.name}{_floor(study)})"] = study
     return ("- **Robustness** (int8, frame level; each degradation of `marsseg/core/degrade.py` applied to the whole\n"
             "  frame before tiling at severities 1–3, seed 0; mean IoU over classes 1–4):\n\n"
             + robustness_table(studies) + "\n\n" + held_out_section(run))
