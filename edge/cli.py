@@ -110,6 +110,9 @@ def build_and_run(cfg: EdgeConfig) -> int:
     if cfg.queue:
         publishers = [Queued(p, cfg.queue, block=not cfg.drop) for p in publishers]
     segmenter = Segmenter(model, cfg.overlap, cfg.flip_average, cfg.exposure_floor)
+    if segmenter.exposure_floor:
+        log.info("frames darker than %.1f DN on average are brightened to it (exposure floor; --exposure-floor 0: off)",
+                 segmenter.exposure_floor)
     runtime = Runtime(source, segmenter, publishers, table, cfg, watchdog)
     if cfg.serial:
         from marsseg.edge.serial_link import SerialPublisher

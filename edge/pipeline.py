@@ -45,6 +45,7 @@ class Segmenter:
             raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}")
         self.model, self.flip = model, flip
         self.exposure_floor = model.meta.exposure_floor if exposure_floor is None else exposure_floor
+        self.lifted = 0  # frames brightened to the floor: an operator's sign of an under-exposing camera
         if not 0 <= self.exposure_floor <= 255:
             raise ValueError(f"exposure floor must be a mean grey level in 0..255 DN (0 = off), "
                              f"got {self.exposure_floor}")
@@ -68,7 +69,9 @@ class Segmenter:
             raise ValueError(f"expected a uint8 (H, W) frame, got {gray.dtype} {gray.shape}")
         t0 = time.perf_counter()
         st = self._state(gray.shape)
-        st.grid.extract(lift_exposure(gray, self.exposure_floor), out=st.tiles)
+        work = lift_exposure(gray, self.exposure_floor)
+        self.lifted += work is not gray
+        st.grid.extract(work, out=st.tiles)
         t1 = time.perf_counter()
         raw = self.model.run(st.tiles)
         scale, zero_point = self.model.output_scale, self.model.output_zero_point

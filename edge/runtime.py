@@ -299,7 +299,8 @@ class Runtime:
         inside = st.stage_totals["invoke"]
         processing = sum(v for k, v in st.stage_totals.items() if k != "capture")
         out = {
-            "frames": st.frames, "bad_frames": st.bad_frames, "publish_errors": st.publish_errors,
+            "frames": st.frames, "bad_frames": st.bad_frames, "lifted_frames": self.segmenter.lifted,
+            "publish_errors": st.publish_errors,
             "dropped": self.source.stats.dropped, "reconnects": self.source.stats.reconnects,
             "fps": round(st.fps(), 3), "latency_ms_mean": round(float(lat.mean()), 2),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),

@@ -61,11 +61,13 @@ def test_the_segmenter_lifts_dark_frames_by_the_models_floor(tiny_model):
     assert seg.exposure_floor == 70.0
     dark = _frame(25, seed=3)
     got = seg(dark).mask.copy()
+    assert seg.lifted == 1
     off = Segmenter(m, exposure_floor=0)
     np.testing.assert_array_equal(got, off(lift_exposure(dark, 70.0)).mask)
     assert (got != off(dark).mask).any()  # the lift changed the answer
     bright = _frame(120, seed=4)
     np.testing.assert_array_equal(seg(bright).mask, off(bright).mask)  # above the floor: untouched
+    assert seg.lifted == 1 and off.lifted == 0
 
 
 def test_models_exported_before_the_floor_run_without_it(tiny_model):
