@@ -185,7 +185,8 @@ def _writable_folder(folder: Path, what: str) -> None:
 
 def print_summary(s: dict) -> None:
     out = sys.stderr  # stdout may carry JSON lines
-    print(f"frames {s['frames']}  bad {s['bad_frames']}  dropped {s['dropped']}  fps {s['fps']:.2f}  "
+    print(f"frames {s['frames']}  bad {s['bad_frames']}  dropped {s['dropped']}  brightened {s['lifted_frames']}  "
+          f"fps {s['fps']:.2f}  "
           f"latency mean {s['latency_ms_mean']:.1f} ms  p95 {s['latency_ms_p95']:.1f} ms  capture to published mean "
           f"{s['capture_to_published_ms_mean']:.1f} ms  p95 {s['capture_to_published_ms_p95']:.1f} ms", file=out)
     print("stages (ms/frame): " + "  ".join(f"{k} {v:.2f}" for k, v in s["stage_ms_mean"].items()), file=out)

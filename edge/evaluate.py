@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"overlap {r['overlap']:.2f}: mean IoU {r['mean_iou']:.4f} | " +
               " ".join(f"{k} {v:.3f}" for k, v in r["per_class_iou"].items()) +
-              f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame")
+              f" | {r['seconds'] / max(len(frames), 1) * 1000:.1f} ms/frame" +
+              (f" | frames darker than {r['exposure_floor']:.1f} DN brightened" if r["exposure_floor"] else ""))
         for t, f in r["min_confidence"]["flagged_share"].items():
             print(f"  --min-confidence {t}: flags {f['wrong']:.1%} of wrong cells, {f['unlabelled']:.1%} of "
                   f"unlabelled, {f['right']:.1%} of right ({a.cell}-px cells)")

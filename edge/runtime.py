@@ -286,8 +286,8 @@ class Runtime:
     def _log_interval(self) -> None:
         st = self.stats
         n = max(st.frames, 1)
-        log.info("%d frames, %.2f fps, dropped %d, bad %d | ms/frame %s", st.frames, st.fps(),
-                 self.source.stats.dropped, st.bad_frames,
+        log.info("%d frames, %.2f fps, dropped %d, bad %d, brightened %d | ms/frame %s", st.frames, st.fps(),
+                 self.source.stats.dropped, st.bad_frames, self.segmenter.lifted,
                  " ".join(f"{k} {v / n * 1000:.1f}" for k, v in st.stage_totals.items()))
 
     def summary(self, class_names: tuple[str, ...]) -> dict:
