@@ -98,6 +98,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
     write_atomic(float_path, lambda p: model.save(p))
     float_model = {"file": float_path.name, "sha256": sha256_file(float_path)}
     deg_per_pixel = run.config().data.deg_per_pixel
+    floor = exposure_floor(tiles)  # the same for both kinds: a property of the calibration tiles
 
     timings, paths = {}, {}
     for kind, calib in (("float32", None), ("int8", tiles)):
@@ -111,7 +112,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
         meta = build_metadata(path, make_interpreter(path), run_dir.name, train_metrics,
                               {"calibration": str(calibration), "calibration_tiles": len(tiles),
                                "converter": "tf.lite.TFLiteConverter.from_keras_model", "kind": kind},
-                              deg_per_pixel, float_model, exposure_floor(tiles))
+                              deg_per_pixel, float_model, floor)
         meta.model_file = final.name
         write_text_atomic(metadata_path(path), meta.to_json())
         paths[kind] = (path, final, meta)
