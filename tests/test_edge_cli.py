@@ -83,24 +83,31 @@ def test_npz_source_reports_iou_and_jsonl(tmp_path):
     assert 0 <= s["mean_iou"] <= 1 and set(s["per_class_iou"]) == {"soil", "bedrock", "sand", "big_rock"}
 
 
+def _edge_and_eval(clip, tmp_path, *flags) -> tuple[dict, dict, str]:
+    """`marsseg-edge` and `marsseg-eval` on the same clip with the same flags: (edge summary, eval result, edge's
+    stderr), after checking both agree on every class's IoU."""
+    from marsseg.edge.evaluate import main as evaluate
+
+    r = run_edge("--source", clip, "--summary-json", tmp_path / "s.json", *flags)
+    assert r.returncode == 0, r.stderr
+    edge = json.loads((tmp_path / "s.json").read_text())
+    assert evaluate([str(clip), "--model", str(TINY_MODEL), "--overlap", "0.25", "--output", str(tmp_path),
+                     *map(str, flags)]) == 0
+    (ev,) = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert edge["per_class_iou"] == {k: round(v, 4) for k, v in ev["per_class_iou"].items()}
+    return edge, ev, r.stderr
+
+
 def test_flip_average_reaches_the_runtime_as_marsseg_eval_measures_it(tmp_path):
     """`--flip-average` on `marsseg-edge` and on `marsseg-eval`: the same frames give the same confusion either
     way, and another one than without it."""
-    from marsseg.edge.evaluate import main as evaluate
-
     frames, masks = synthetic_frames(n=4, seed=3)
     clip = tmp_path / "clip.npz"
     np.savez(clip, frames=frames, masks=masks, names=np.array(["a", "b", "c", "d"]))
     seen = {}
     for flip in ([], ["--flip-average"]):
-        r = run_edge("--source", clip, "--summary-json", tmp_path / "s.json", *flip)
-        assert r.returncode == 0, r.stderr
-        edge = json.loads((tmp_path / "s.json").read_text())
-        assert evaluate([str(clip), "--model", str(TINY_MODEL), "--overlap", "0.25", "--output", str(tmp_path),
-                         *flip]) == 0
-        (ev,) = json.loads((tmp_path / "eval.json").read_text())["results"]
+        _, ev, _ = _edge_and_eval(clip, tmp_path, *flip)
         assert ev["flip_average"] == bool(flip)
-        assert edge["per_class_iou"] == {k: round(v, 4) for k, v in ev["per_class_iou"].items()}
         seen[bool(flip)] = ev["confusion_matrix"]
     assert seen[True] != seen[False]
 
@@ -108,8 +115,6 @@ def test_flip_average_reaches_the_runtime_as_marsseg_eval_measures_it(tmp_path):
 def test_the_exposure_floor_reaches_the_runtime_as_marsseg_eval_measures_it(tmp_path):
     """`--exposure-floor` on `marsseg-edge` and on `marsseg-eval`: dark frames give the same confusion either way and
     another one than with the floor off; the summary counts the frames it brightened."""
-    from marsseg.edge.evaluate import main as evaluate
-
     frames, masks = synthetic_frames(n=4, seed=5)
     frames[2:] = frames[2:] // 5  # two dark frames, two as they were
     clip = tmp_path / "clip.npz"
@@ -118,15 +123,9 @@ def test_the_exposure_floor_reaches_the_runtime_as_marsseg_eval_measures_it(tmp_
     assert max(f.mean() for f in frames[2:]) < floor < min(f.mean() for f in frames[:2])
     seen = {}
     for value in (0.0, floor):
-        r = run_edge("--source", clip, "--summary-json", tmp_path / "s.json", "--exposure-floor", value)
-        assert r.returncode == 0, r.stderr
-        edge = json.loads((tmp_path / "s.json").read_text())
+        edge, ev, stderr = _edge_and_eval(clip, tmp_path, "--exposure-floor", value)
         assert edge["lifted_frames"] == (2 if value else 0)
-        assert ("exposure floor" in r.stderr) == bool(value)
-        assert evaluate([str(clip), "--model", str(TINY_MODEL), "--overlap", "0.25", "--output", str(tmp_path),
-                         "--exposure-floor", str(value)]) == 0
-        (ev,) = json.loads((tmp_path / "eval.json").read_text())["results"]
-        assert edge["per_class_iou"] == {k: round(v, 4) for k, v in ev["per_class_iou"].items()}
+        assert ("exposure floor" in stderr) == bool(value)
         seen[value] = ev["confusion_matrix"]
     assert seen[0.0] != seen[floor]
 
