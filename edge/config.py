@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marsseg.core.fields import conform
 from marsseg.edge.ground import CameraGeometry, GroundLayout
 
 MASK_SIZES = ("input", "model")  # saved class masks at the input's size, or at the scale the model ran at
@@ -159,31 +160,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag(f.name), type=kind, choices=meta["choices"] or None, help=meta["help"])
 
 
-def _type_ok(value, hint: str) -> bool:
-    """`value` fits a field annotation (`float`, `int | None`, ...); bools are not numbers, ints are floats."""
-    for t in hint.replace(" ", "").split("|"):
-        if t == "None" and value is None:
-            return True
-        if t == "bool" and isinstance(value, bool):
-            return True
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and (t == "float" or (t == "int" and float(value).is_integer())):
-            return True
-        if t == "str" and isinstance(value, str):
-            return True
-        if t == "dict" and isinstance(value, dict):
-            return True
-    return False
-
-
 def validate(cfg: EdgeConfig) -> EdgeConfig:
     """Check every value by type, range and choices, for flags and TOML alike, before anything starts."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if not _type_ok(value, f.type):
-            raise ConfigError(f"{flag(f.name)} must be {f.type.replace(' | None', '')}, got {value!r}", f.name)
-        if f.type.startswith("int") and isinstance(value, float):
-            setattr(cfg, f.name, value := int(value))
+        try:
+            setattr(cfg, f.name, value := conform(value, f.type))
+        except ValueError as e:
+            raise ConfigError(f"{flag(f.name)} {e}", f.name) from None
         if value is None:
             continue
         if f.metadata.get("choices") and value not in f.metadata["choices"]:

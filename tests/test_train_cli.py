@@ -99,6 +99,29 @@ def test_train_cli_unknown_key(frames_file, capsys):
     assert "unknown config key 'optim.lr'" in err and "learning_rate" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("item", "words"), [
+    ("optim.learning_rate=abc", "config key 'optim.learning_rate' must be float, got 'abc'"),
+    ("optim.epochs=12.5", "config key 'optim.epochs' must be int, got 12.5"),
+    ('model.fine_widths=[16,"a"]', "config key 'model.fine_widths' must be tuple[int, ...]"),
+    ("optim.freeze_bn=1", "config key 'optim.freeze_bn' must be bool, got 1"),
+    ("optim.batch_size=0", "optim.batch_size must be >= 1, got 0"),
+    ("data.val_fraction=1", "data.val_fraction must be in (0, 1), got 1"),
+])
+def test_a_value_of_the_wrong_type_or_range_is_one_line_naming_the_key(frames_file, tmp_path, item, words, capsys):
+    """Before the check, a learning rate of 'abc' wrote a run folder and went on into the first epoch."""
+    assert main(["--data", str(frames_file), "--out-dir", str(tmp_path / "runs"), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before the run folder
+
+
+def test_json_numbers_and_lists_become_the_fields_types():
+    from marsseg.train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"optim": {"epochs": 12.0}, "model": {"fine_widths": [16, 32, 64]}})
+    assert cfg.optim.epochs == 12 and type(cfg.optim.epochs) is int and cfg.model.fine_widths == (16, 32, 64)
+
+
 def test_train_cli_unknown_schedule(frames_file, capsys):
     assert main(["--data", str(frames_file), "--set", 'optim.schedule="cosine-annealing"']) == 2
     assert "optim.schedule must be one of" in capsys.readouterr().err

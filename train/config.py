@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marsseg.core.fields import conform
+
 SCHEDULES = ("plateau", "cosine")
 LOSSES = ("wce", "wce_dice", "dice_focal")
 
@@ -110,6 +112,10 @@ class TrainConfig:
         self.phases = tuple(self.phases)
         if self.epoch_scale <= 0:
             raise ValueError(f"epoch_scale must be > 0, got {self.epoch_scale}")
+        if not 0 < self.data.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        if not 0 <= self.model.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         if not self.adjust.scales:
             raise ValueError("adjust.scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
         self.phase_configs()  # every phase is checked now, not when the run reaches it
@@ -191,8 +197,18 @@ class Phase:
         if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
             raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
                              f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
-        if o.lovasz < 0:
-            raise ValueError(f"{where}optim.lovasz is a loss weight and must be >= 0, got {o.lovasz}")
+        for key, value, ok, want in (
+                ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
+                ("optim.learning_rate", o.learning_rate, o.learning_rate > 0, "> 0"),
+                ("optim.min_lr", o.min_lr, 0 <= o.min_lr <= o.learning_rate, "in [0, optim.learning_rate]"),
+                ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: no average)"),
+                ("optim.lovasz", o.lovasz, o.lovasz >= 0, ">= 0 (a loss weight)"),
+                ("optim.distill", o.distill, o.distill >= 0, ">= 0 (a loss weight)"),
+                ("data.tiles_per_frame", d.tiles_per_frame, d.tiles_per_frame >= 1, ">= 1"),
+                ("data.photometric", d.photometric, d.photometric >= 0, ">= 0 (0: off)"),
+                ("data.degrade", d.degrade, d.degrade >= 0, ">= 0 (0: off)")):
+            if not ok:
+                raise ValueError(f"{where}{key} must be {want}, got {value}")
         if o.teacher and not o.distill:
             raise ValueError(f"{where}optim.teacher is only read with optim.distill > 0 (its weight), got 0")
         if not 0 <= d.untouched <= 1:
@@ -223,5 +239,14 @@ def _build(cls: type, values: dict, path: str) -> Any:
         hint = f" (it belongs in {home[0]}: {home[0]}.{key})" if home and not path else ""
         raise ValueError(f"unknown config key {(path + '.' if path else '') + key!r}{hint}; valid keys"
                          f"{' in ' + path if path else ''}: {sorted(fields)}")
-    # sections stay dicts here: TrainConfig.__post_init__ builds them (keyword construction passes dicts too)
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    checked = {}
+    for key, value in values.items():
+        hint = fields[key].type
+        if hint in {c.__name__ for c in SECTIONS.values()}:  # stays a dict: TrainConfig.__post_init__ builds it
+            checked[key] = value
+            continue
+        try:
+            checked[key] = conform(value, hint)
+        except ValueError as e:
+            raise ValueError(f"config key {(path + '.' if path else '') + key!r} {e}") from None
+    return cls(**checked)
