@@ -161,7 +161,7 @@ def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
         if out.resolve() in folders:
             raise ConfigError(f"--output {out} holds input frames: its NAME.png masks would overwrite them; "
                               "pass another folder")
-        _writable_folder(out, f"--output {out}")
+        writable_folder(out, f"--output {out}")
     for option, path in (("--video", cfg.video), ("--summary-json", cfg.summary_json), ("--mcap", cfg.mcap)):
         if not path:
             continue
@@ -170,10 +170,10 @@ def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
             raise ConfigError(f"{option} {path} is one of the input frames; pass another file name")
         if path.is_dir():
             raise ConfigError(f"{option} {path} is a folder; pass a file name")
-        _writable_folder(path.parent, f"{option} {path}: folder {path.parent}")
+        writable_folder(path.parent, f"{option} {path}: folder {path.parent}")
 
 
-def _writable_folder(folder: Path, what: str) -> None:
+def writable_folder(folder: Path, what: str) -> None:
     """Create `folder` if needed; ConfigError naming `what` when that fails or this user cannot write there."""
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -207,9 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     named = (a.corruptions or ["suite"]) if a.corruptions is not None else []
     corruptions = list(dict.fromkeys(n for name in named for n in GROUPS.get(name, (name,))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from marsseg.edge.cli import bundled
+    from marsseg.edge.cli import bundled, writable_folder
 
     try:
+        if a.threads < 0 or not all(0 <= t <= 1 for t in a.min_confidence):
+            raise ValueError(f"--threads must be >= 0 (0: all cores) and --min-confidence thresholds in [0, 1], got "
+                             f"{a.threads} and {a.min_confidence}")
+        if a.output:  # before the minutes of work, not after
+            writable_folder(a.output, f"--output {a.output}")
         model = TileModel(a.model or bundled("model_int8.tflite"), num_threads=a.threads or None)
         ds = load_frames(a.data, names_file=a.names)
         frames, masks = ds.frames, ds.masks
@@ -231,19 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         for t, f in r["min_confidence"]["flagged_share"].items():
             print(f"  --min-confidence {t}: flags {f['wrong']:.1%} of wrong cells, {f['unlabelled']:.1%} of "
                   f"unlabelled, {f['right']:.1%} of right ({a.cell}-px cells)")
-    if a.output:
-        write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
-        for r in results:
-            write_bytes_atomic(a.output / f"confusion_overlap{r['overlap']:.2f}.png",
-                               confusion_png(np.array(r["confusion_matrix"]), model.meta.class_names,
-                                             f"overlap {r['overlap']:.2f}: mIoU {r['mean_iou']:.3f}"))
-        if study:
-            write_bytes_atomic(a.output / "corruptions.png", corruptions_png(
-                study, f"{model.path.name} ({model.meta.run_id}): mean IoU under camera degradations, "
-                       f"overlap {study['overlap']:.2f}{', flip-averaged' if study['flip_average'] else ''}, "
-                       f"{len(frames)} frames"))
     if study:
         print_study(study)
+    if a.output:
+        try:
+            write_text_atomic(a.output / "eval.json", json.dumps(report, indent=2))
+            for r in results:
+                write_bytes_atomic(a.output / f"confusion_overlap{r['overlap']:.2f}.png",
+                                   confusion_png(np.array(r["confusion_matrix"]), model.meta.class_names,
+                                                 f"overlap {r['overlap']:.2f}: mIoU {r['mean_iou']:.3f}"))
+            if study:
+                write_bytes_atomic(a.output / "corruptions.png", corruptions_png(
+                    study, f"{model.path.name} ({model.meta.run_id}): mean IoU under camera degradations, "
+                           f"overlap {study['overlap']:.2f}{', flip-averaged' if study['flip_average'] else ''}, "
+                           f"{len(frames)} frames"))
+        except OSError as e:  # the figures above are printed; say what was not saved
+            print(f"marsseg-eval: error: could not write {a.output}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

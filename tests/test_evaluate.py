@@ -39,6 +39,20 @@ def test_eval_bad_file(tmp_path, capsys):
     assert "expected arrays 'frames' and 'masks'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--min-confidence", "60"], "--min-confidence thresholds in [0, 1]"),
+    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--output", "{tmp}/clip.npz/out"], "cannot be created"),  # under a file: refused before the work, not after
+])
+def test_eval_refuses_bad_options_before_the_work(tmp_path, capsys, args, words):
+    frames, masks = synthetic_frames(n=2)
+    np.savez(tmp_path / "clip.npz", frames=frames, masks=masks)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main([str(tmp_path / "clip.npz"), "--model", str(TINY_MODEL), *args]) == 2
+    captured = capsys.readouterr()
+    assert words in captured.err and len(captured.err.strip().splitlines()) == 1 and "mean IoU" not in captured.out
+
+
 def test_eval_corruption_suite(tmp_path, capsys):
     from marsseg.core.degrade import SUITE
 
