@@ -63,6 +63,9 @@ def make_calibration(data: str, out: Path, n: int = 256, seed: int = 42, val_fra
 def load_calibration(path: str | Path) -> np.ndarray:
     """uint8 tiles (N, 64, 128) from a calibration .npz; a clear error when the file is unusable."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"calibration file not found: {path}; pass --calibration FILE or make it with "
+                        f"`marsseg-export calibrate --data FRAMES.npz --out {path}`")
     try:
         with np.load(path, allow_pickle=False) as z:
             tiles = z["tiles"]

@@ -79,14 +79,19 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
     from marsseg.train.run import RunFolder
     from marsseg.train.scoring import predict_classes
 
+    if not (budget >= 0 and np.isfinite(budget)):
+        raise ExportError(f"--budget is the int8 mean-IoU loss allowed, in points, and must be >= 0; got {budget}")
     run = RunFolder(model_path.parent)
     run_dir = run.path
     model = load_keras(model_path)
     tiles = load_calibration(calibration)
     if tiles.shape[1:] != TILE_SHAPE:
         raise ExportError(f"{calibration}: calibration tiles are {tiles.shape[1:]}, expected {TILE_SHAPE}")
+    try:  # before the minutes of conversion, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"--output {out_dir} cannot be created: {e.strerror or e}; pass another folder") from e
     val_x, val_y = run.validation_tiles(data)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train_metrics = {}
     if run.finished:
         m = run.metrics()

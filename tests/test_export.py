@@ -115,6 +115,19 @@ def test_wrong_input_shape(tmp_path, capsys):
     assert "expected (None, 64, 128, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--budget", "-1"], "--budget is the int8 mean-IoU loss allowed"),
+    (["--calibration", "{tmp}/none.npz"], "calibration file not found"),
+    (["--output", "{tmp}/file/out"], "cannot be created"),  # under a file
+])
+def test_bad_options_are_one_line_before_the_conversion(tiny_run, tmp_path, capsys, args, words):
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert export_main(["--model", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+
+
 def test_no_runs(tmp_path, capsys):
     assert export_main(["--runs", str(tmp_path)]) == 2
     assert "no trained model" in capsys.readouterr().err
