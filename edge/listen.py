@@ -21,7 +21,7 @@ import numpy as np
 import serial
 from marsseg.core.io import write_bytes_atomic
 from marsseg.edge import protocol as P
-from marsseg.edge.cli import OneLineParser
+from marsseg.edge.cli import OneLineParser, writable_folder
 from marsseg.edge.serial_link import Receiver
 
 log = logging.getLogger("marsseg.listen")
@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=0, help="exit after this many messages (0 = run until Ctrl-C)")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many silent seconds")
     a = p.parse_args(argv)
+    if a.count < 0 or (a.idle_timeout is not None and not a.idle_timeout > 0):
+        p.error(f"--count must be >= 0 and --idle-timeout > 0 seconds, got {a.count} and {a.idle_timeout}")
+    if a.save:  # now, not at the first map
+        try:
+            writable_folder(a.save, f"--save {a.save}")
+        except ValueError as e:
+            p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         rx = Receiver(a.port, a.baud)

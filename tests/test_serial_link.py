@@ -287,11 +287,10 @@ def test_receiver_reopens_a_vanished_port(monkeypatch):
     rx.close()
 
 
-def test_listen_survives_unwritable_save(tmp_path, monkeypatch, capsys):
+def test_listen_survives_a_save_folder_lost_mid_run_and_refuses_a_bad_one_at_start(tmp_path, monkeypatch, capsys):
     from marsseg.edge import listen
 
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
+    save = tmp_path / "grids"
     grid = np.ones((2, 3), np.uint8)
     msgs = [P.GridMessage(P.Header(P.TYPE_GRID, i, 0, i), (16, 16), (0, 0), 5, grid, grid, grid) for i in (1, 2)]
 
@@ -300,13 +299,19 @@ def test_listen_survives_unwritable_save(tmp_path, monkeypatch, capsys):
             self.decoder, self.reopens = P.StreamDecoder(), 0
 
         def messages(self, stop, idle_timeout):
+            save.rmdir()  # the folder was fine at start; now a file stands where it was
+            save.write_text("not a folder")
             yield from msgs
 
         def close(self):
             pass
 
     monkeypatch.setattr(listen, "Receiver", FakeReceiver)
-    assert listen.main(["loop://", "--json", "--save", str(blocker / "grids")]) == 0
+    assert listen.main(["loop://", "--json", "--save", str(save)]) == 0
     out, err = capsys.readouterr()
     assert [json.loads(x)["frame_id"] for x in out.splitlines()] == [1, 2]  # every map still shown
     assert "2 not saved" in err
+    with pytest.raises(SystemExit) as e:  # a folder that cannot be made is refused before listening
+        listen.main(["loop://", "--save", str(save / "grids")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--save" in err and "cannot be created" in err and len(err.strip().splitlines()) == 1
