@@ -106,6 +106,9 @@ def test_train_cli_unknown_key(frames_file, capsys):
     ("optim.freeze_bn=1", "config key 'optim.freeze_bn' must be bool, got 1"),
     ("optim.batch_size=0", "optim.batch_size must be >= 1, got 0"),
     ("data.val_fraction=1", "data.val_fraction must be in (0, 1), got 1"),
+    ("model.fine_widths=[]", "model.fine_widths must be a non-empty list of widths >= 1, got ()"),
+    ("time_budget_min=-5", "time_budget_min must be >= 0"),
+    ('model.arch="unet"', "model: unknown arch 'unet'"),  # found by building it, still before the run folder
 ])
 def test_a_value_of_the_wrong_type_or_range_is_one_line_naming_the_key(frames_file, tmp_path, item, words, capsys):
     """Before the check, a learning rate of 'abc' wrote a run folder and went on into the first epoch."""

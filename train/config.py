@@ -110,14 +110,24 @@ class TrainConfig:
             if not isinstance(getattr(self, section), cls):
                 setattr(self, section, _build(cls, getattr(self, section), section))
         self.phases = tuple(self.phases)
-        if self.epoch_scale <= 0:
-            raise ValueError(f"epoch_scale must be > 0, got {self.epoch_scale}")
-        if not 0 < self.data.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
-        if not 0 <= self.model.dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
-        if not self.adjust.scales:
-            raise ValueError("adjust.scales needs at least one scale, e.g. [1.0] or [0, 0.5, 1]")
+        m, d, scales = self.model, self.data, self.adjust.scales
+        _require("", (
+            ("epoch_scale", self.epoch_scale, self.epoch_scale > 0, "> 0"),
+            ("time_budget_min", self.time_budget_min, self.time_budget_min >= 0, ">= 0 (0: no budget)"),
+            ("predictions_to_plot", self.predictions_to_plot, self.predictions_to_plot >= 0, ">= 0"),
+            ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "in (0, 1)"),
+            ("data.limit_frames", d.limit_frames, d.limit_frames >= 0, ">= 0 (0: every frame)"),
+            ("data.deg_per_pixel", d.deg_per_pixel, d.deg_per_pixel > 0, "> 0"),
+            ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+            ("model.bn_momentum", m.bn_momentum, 0 <= m.bn_momentum < 1, "in [0, 1)"),
+            *((f"model.{key}", widths, len(widths) > 0 and min(widths) >= 1, "a non-empty list of widths >= 1")
+              for key, widths in (("fine_widths", m.fine_widths), ("coarse_widths", m.coarse_widths),
+                                  ("dense_widths", m.dense_widths))),
+            *((f"model.{key}", width, width >= 1, ">= 1") for key, width in (
+                ("bottleneck", m.bottleneck), ("coarse_bottleneck", m.coarse_bottleneck),
+                ("dense_bottleneck", m.dense_bottleneck), ("se_ratio", m.se_ratio))),
+            ("adjust.scales", scales, len(scales) > 0 and min(scales) >= 0, "a non-empty list of multiples >= 0, "
+                                                                           "e.g. [1.0] or [0, 0.5, 1]")))
         self.phase_configs()  # every phase is checked now, not when the run reaches it
 
     @property
@@ -192,27 +202,27 @@ class Phase:
             raise ValueError(f"{where}optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
         if o.loss not in LOSSES:
             raise ValueError(f"{where}optim.loss must be one of {list(LOSSES)}, got {o.loss!r}")
-        if o.epochs < 1:
-            raise ValueError(f"{where}optim.epochs must be >= 1, got {o.epochs}")
+        _require(where, (
+            ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),
+            ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
+            ("optim.learning_rate", o.learning_rate, o.learning_rate > 0, "> 0"),
+            ("optim.min_lr", o.min_lr, 0 <= o.min_lr <= o.learning_rate, "in [0, optim.learning_rate]"),
+            ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: no average)"),
+            ("optim.patience", o.patience, o.patience >= 1, ">= 1"),
+            ("optim.lr_patience", o.lr_patience, o.lr_patience >= 1, ">= 1"),
+            ("optim.rare_cap", o.rare_cap, o.rare_cap > 0, "> 0"),
+            *((f"optim.{key}", weight, weight >= 0, ">= 0 (a loss weight)") for key, weight in (
+                ("background_weight", o.background_weight), ("focal_gamma", o.focal_gamma),
+                ("dice_weight", o.dice_weight), ("lovasz", o.lovasz), ("distill", o.distill))),
+            ("data.tiles_per_frame", d.tiles_per_frame, d.tiles_per_frame >= 1, ">= 1"),
+            ("data.photometric", d.photometric, d.photometric >= 0, ">= 0 (0: off)"),
+            ("data.degrade", d.degrade, d.degrade >= 0, ">= 0 (0: off)"),
+            ("data.untouched", d.untouched, 0 <= d.untouched <= 1, "a share in [0, 1]")))
         if o.warmup_epochs and not (o.schedule == "cosine" and 0 < o.warmup_epochs < o.epochs):
             raise ValueError(f"{where}optim.warmup_epochs needs schedule 'cosine' and 0 < warmup_epochs < epochs "
                              f"({o.epochs}), got {o.warmup_epochs} with {o.schedule!r}")
-        for key, value, ok, want in (
-                ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
-                ("optim.learning_rate", o.learning_rate, o.learning_rate > 0, "> 0"),
-                ("optim.min_lr", o.min_lr, 0 <= o.min_lr <= o.learning_rate, "in [0, optim.learning_rate]"),
-                ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: no average)"),
-                ("optim.lovasz", o.lovasz, o.lovasz >= 0, ">= 0 (a loss weight)"),
-                ("optim.distill", o.distill, o.distill >= 0, ">= 0 (a loss weight)"),
-                ("data.tiles_per_frame", d.tiles_per_frame, d.tiles_per_frame >= 1, ">= 1"),
-                ("data.photometric", d.photometric, d.photometric >= 0, ">= 0 (0: off)"),
-                ("data.degrade", d.degrade, d.degrade >= 0, ">= 0 (0: off)")):
-            if not ok:
-                raise ValueError(f"{where}{key} must be {want}, got {value}")
         if o.teacher and not o.distill:
             raise ValueError(f"{where}optim.teacher is only read with optim.distill > 0 (its weight), got 0")
-        if not 0 <= d.untouched <= 1:
-            raise ValueError(f"{where}data.untouched must be a share in [0, 1], got {d.untouched}")
         if not 0 <= d.camera_labels <= 1 or (d.camera_labels < 1 and not (d.degrade and o.distill)):
             raise ValueError(f"{where}data.camera_labels must be in [0, 1] and below 1 only with data.degrade and "
                              f"optim.distill on (the frames it unlabels learn from the teacher), got {d.camera_labels}")
@@ -225,6 +235,13 @@ class Phase:
         optim = dataclasses.replace(self.optim, epochs=epochs,
                                     warmup_epochs=self.optim.warmup_epochs * epochs / self.optim.epochs)
         return dataclasses.replace(self, optim=optim)
+
+
+def _require(where: str, rows: Any) -> None:
+    """ValueError naming the first (key, value, ok, what it must be) row whose check failed."""
+    for key, value, ok, want in rows:
+        if not ok:
+            raise ValueError(f"{where}{key} must be {want}, got {value}")
 
 
 def _build(cls: type, values: dict, path: str) -> Any:

@@ -212,16 +212,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunFolder:
 
 
 def check_models(cfg: TrainConfig, phases: list[Phase]) -> None:
-    """Refuse a missing start model or teacher, or a start model that does not fit the config's model, before the
-    run folder is written, so a mistyped path leaves no half-made run behind to block its name."""
+    """Refuse a missing start model or teacher, a model section Keras cannot build, or a start model that does not
+    fit it, before the run folder is written, so a mistake leaves no half-made run behind to block its name."""
     named = [("init_from", cfg.init_from)] + [(f"phase {p.name!r} optim.teacher", p.optim.teacher) for p in phases]
     for key, path in named:
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{key} {path}: no such model; give a .keras file, e.g. edge/assets/model.keras")
+    try:
+        model = build_model(cfg.model)  # an unknown arch or a width Keras refuses, before the folder too
+    except ValueError as e:
+        raise ValueError(f"model: {e}") from None
     if not cfg.init_from:
         return
     try:
-        widen.transfer_weights(keras.saving.load_model(cfg.init_from, compile=False), build_model(cfg.model))
+        widen.transfer_weights(keras.saving.load_model(cfg.init_from, compile=False), model)
     except widen.WidenError as e:
         raise widen.WidenError(f"init_from {cfg.init_from}: {e}") from None
 
