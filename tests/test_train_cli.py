@@ -333,6 +333,8 @@ def test_paused_at_the_phase_boundary_resumes_exactly(two_phase_run, monkeypatch
     assert main([*args, "--run-name", "paused"]) == 2  # not started anew over it: the error says how to go on
     assert f"continue it with `marsseg-train --resume {paused}`" in capsys.readouterr().err
     monkeypatch.setattr(callbacks.TimeBudget, "on_epoch_end", real_budget)
+    assert main(["--resume", str(paused), "--time-budget-min", "-1"]) == 2  # a leg's flags are checked too
+    assert "time_budget_min must be >= 0" in capsys.readouterr().err
     assert main(["--resume", str(paused)]) == 0
     assert_resumed_like(whole, paused)
 

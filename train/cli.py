@@ -13,6 +13,7 @@ Exit status: 0 finished, 2 bad input, 3 paused at its time budget (resume it), 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -74,7 +75,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             cfg.data.path = args.data
         if args.time_budget_min is not None:
             cfg.time_budget_min = args.time_budget_min
-        return cfg
+        return TrainConfig.from_dict(dataclasses.asdict(cfg))  # the leg's flags pass the same checks
     values = json.loads((args.config or DEFAULT_CONFIG).read_text())
     for name, v in given.items():
         set_key(values, FLAGS[name][0], v)
