@@ -44,6 +44,8 @@ def make_calibration(data: str, out: Path, n: int = 256, seed: int = 42, val_fra
     """Write `out` (.npz: tiles uint8 (n,64,128), names, provenance JSON) from the training side of the split."""
     prep = D.prepare(DataConfig(path=data, val_fraction=val_fraction, seed=seed))
     x, y = D.fixed_tiles(prep.train)
+    if not 1 <= n <= len(x):
+        raise DataError(f"--n {n}: the calibration set takes 1 to {len(x)} tiles (the training side of {prep.path})")
     idx = select_calibration(x, y, n, seed)
     counts = np.bincount(y[idx].ravel(), minlength=NUM_CLASSES)
     provenance = {

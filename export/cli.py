@@ -159,6 +159,10 @@ def main_calibrate(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
     try:
+        try:  # before the data is read, not after
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"--out {a.out}: folder {a.out.parent} cannot be created: {e.strerror or e}") from e
         prov = make_calibration(a.data or "", a.out, a.n, a.seed)
     except DataError as e:
         print(f"marsseg-export calibrate: error: {e}", file=sys.stderr)

@@ -128,6 +128,21 @@ def test_bad_options_are_one_line_before_the_conversion(tiny_run, tmp_path, caps
     assert words in err and len(err.strip().splitlines()) == 1
 
 
+def test_calibrate_writes_the_tiles_and_refuses_a_bad_count_or_folder(frames_file, tmp_path, capsys):
+    out = tmp_path / "cal" / "tiles.npz"
+    assert export_main(["calibrate", "--data", str(frames_file), "--out", str(out), "--n", "8"]) == 0
+    with np.load(out) as z:
+        assert z["tiles"].shape == (8, 64, 128) and z["tiles"].dtype == np.uint8 and len(z["masks"]) == 8
+    before = out.read_bytes()
+    for args, words in ((["--n", "0"], "--n 0: the calibration set takes 1 to"),
+                        (["--n", "100000"], "--n 100000: the calibration set takes 1 to"),
+                        (["--out", str(out / "x.npz")], "cannot be created")):  # its folder would be a file
+        assert export_main(["calibrate", "--data", str(frames_file), "--out", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before  # nothing overwritten by a refused run
+
+
 def test_no_runs(tmp_path, capsys):
     assert export_main(["--runs", str(tmp_path)]) == 2
     assert "no trained model" in capsys.readouterr().err
