@@ -174,3 +174,22 @@ def test_card_says_when_the_frames_met_the_exposure_floor(tmp_path):
     old.write_text(json.dumps({"run_id": "run", "corruptions": _study(0.70, {"dark": (0.02, 0.04, 0.08)})}))
     table = make_assets.robustness_section(run, old)
     assert "| degradation | before (run) s1 | s2 | s3 | this model (run, exposure floor 58.6 DN) s1 |" in table
+
+
+def test_a_bundle_that_cannot_be_made_changes_nothing(tmp_path, monkeypatch, capsys):
+    """Everything is made before anything is written: a missing frames file leaves the old bundle whole."""
+    assets = tmp_path / "assets"
+    monkeypatch.setattr(make_assets, "ASSETS", assets)
+    run, exp = tmp_path / "run", tmp_path / "run" / "export"
+    exp.mkdir(parents=True)
+    (run / "split.json").write_text(json.dumps({"data": str(tmp_path / "gone.npz"), "val_names": ["a"]}))
+    (exp / "export_report.json").write_text(json.dumps({"passed": True, "results": []}))
+    (exp / "model_int8.tflite").write_bytes(b"new model")
+    (exp / "model_int8.json").write_text("{}")
+    assert make_assets.main(["--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "gone.npz" in err and "nothing in" in err and len(err.strip().splitlines()) == 1
+    assert not assets.exists()
+    (exp / "export_report.json").write_text(json.dumps({"passed": False, "results": []}))
+    assert make_assets.main(["--run", str(run)]) == 1
+    assert "failed its gate" in capsys.readouterr().err and not assets.exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.core.frames import resolve_data_path
-from marsseg.core.io import write_atomic, write_text_atomic
+from marsseg.core.io import write_atomic
 from marsseg.train import data as D
 from marsseg.train.config import TrainConfig
 from marsseg.train.run import RunFolder
@@ -344,27 +344,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe-run", type=Path,
                    help="a shortened run of the default recipe (--epoch-scale), quoted when the model is not one")
     a = p.parse_args(argv)
-    exp = a.export_dir or a.run / "export"
-    split = RunFolder(a.run).split()
-    export = json.loads((exp / "export_report.json").read_text())
-    if not export["passed"]:
-        print(f"refusing to bundle: the export of {a.run} failed its gate", file=sys.stderr)
+    try:
+        files = bundle(a.run, a.export_dir or a.run / "export", a.data, a.clip_frames, a.baseline, a.recipe_run)
+    except (OSError, ValueError, KeyError) as e:  # DataError and RunError are ValueErrors
+        print(f"make_assets: error: {e}; nothing in {ASSETS} was changed", file=sys.stderr)
         return 1
-    for suffix in (".tflite", ".json"):
-        shutil.copy(exp / f"model_int8{suffix}", ASSETS / f"model_int8{suffix}")
-    meta = json.loads((ASSETS / "model_int8.json").read_text())
-    if meta.get("float_model"):
-        shutil.copy(exp / meta["float_model"]["file"], ASSETS / meta["float_model"]["file"])
-    write_text_atomic(ASSETS / "val_names.json", json.dumps(split["val_names"]))
-    ds = D.load_dataset(resolve_data_path(a.data or split["data"]))
-    clip = demo_clip(ds, split["val_names"], a.clip_frames)
-    write_atomic(ASSETS / "demo_clip.npz", lambda f: np.savez_compressed(
-        f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
-        provenance=f"{len(clip)} validation frames of run {a.run.name} from {Path(split['data']).name}"))
-    write_text_atomic(ASSETS / "MODEL_CARD.md", model_card(a.run, export, split, meta, a.baseline,
-                                                                  a.recipe_run))
+    for name, write in files.items():  # only now: a failure above leaves the bundle as it was
+        write_atomic(ASSETS / name, write)
     print(f"bundled {a.run} into {ASSETS}")
     return 0
+
+
+def bundle(run: Path, exp: Path, data: str | None, clip_frames: int, baseline: Path | None,
+           recipe_run: Path | None) -> dict:
+    """Every file of the bundle, as name -> writer, all made before any is written."""
+    split = RunFolder(run).split()
+    export = json.loads((exp / "export_report.json").read_text())
+    if not export["passed"]:
+        raise ValueError(f"refusing to bundle: the export of {run} failed its gate")
+    meta = json.loads((exp / "model_int8.json").read_text())
+    copies = ["model_int8.tflite", "model_int8.json"] + ([meta["float_model"]["file"]] if meta.get("float_model")
+                                                           else [])
+    missing = [name for name in copies if not (exp / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{exp} lacks {missing}: export the run again")
+    files = {name: lambda f, src=exp / name: shutil.copyfile(src, f) for name in copies}
+    ds = D.load_dataset(resolve_data_path(data or split["data"]))
+    clip = demo_clip(ds, split["val_names"], clip_frames)
+    card = model_card(run, export, split, meta, baseline, recipe_run)
+    files["val_names.json"] = lambda f: f.write_text(json.dumps(split["val_names"]))
+    files["demo_clip.npz"] = lambda f: np.savez_compressed(
+        f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
+        provenance=f"{len(clip)} validation frames of run {run.name} from {Path(split['data']).name}")
+    files["MODEL_CARD.md"] = lambda f: f.write_text(card)
+    return files
 
 
 if __name__ == "__main__":
