@@ -81,3 +81,12 @@ def test_fov_errors_are_one_line(tmp_path):
     cv2.imwrite(str(frames / "a.png"), np.zeros((64, 128), np.uint8))
     r = run_edge("--source", frames, "--fov", "45")  # the tiny test model records no ground scale
     assert r.returncode == 2 and "does not record one" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_navcam_check_names_a_missing_frames_file(tmp_path, capsys):
+    from tests.conftest import TINY_MODEL
+    from tools import navcam_check
+
+    assert navcam_check.main([str(tmp_path / "none.npz"), "--model", str(TINY_MODEL)]) == 2
+    err = capsys.readouterr().err
+    assert "none.npz: not a readable frames .npz" in err and len(err.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from marsseg.core.frames import load_frames
+from marsseg.core.interpreter import ModelError
 from marsseg.core.io import write_text_atomic
 from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
@@ -49,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from marsseg.edge.cli import bundled
 
-    model = TileModel(a.model or bundled("model_int8.tflite"))
-    seg = Segmenter(model, a.overlap)
-    ds = load_frames(a.data, names_file=a.names)
+    try:
+        model = TileModel(a.model or bundled("model_int8.tflite"))
+        seg = Segmenter(model, a.overlap)
+        ds = load_frames(a.data, names_file=a.names)
+    except (ModelError, ValueError, OSError) as e:  # DataError is a ValueError
+        print(f"navcam_check: error: {e}", file=sys.stderr)
+        return 2
     frames, masks = ds.frames, ds.masks
     n = model.meta.num_classes
     paths = {"native": None, f"navcam {a.size}² --fov {a.fov:g} (runtime resize)": runtime_resize,
