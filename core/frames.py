@@ -92,6 +92,8 @@ def load_frames(path: str | os.PathLike, labelled: bool = True, names_file: str 
     """Load and validate a frames file of either format; `labelled=False` also accepts frames without masks;
     `names_file` keeps only the frames it lists (`select_names`)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"frames file not found: {path}; check the path")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:

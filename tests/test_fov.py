@@ -89,4 +89,4 @@ def test_navcam_check_names_a_missing_frames_file(tmp_path, capsys):
 
     assert navcam_check.main([str(tmp_path / "none.npz"), "--model", str(TINY_MODEL)]) == 2
     err = capsys.readouterr().err
-    assert "none.npz: not a readable frames .npz" in err and len(err.strip().splitlines()) == 1
+    assert "frames file not found: " in err and "none.npz" in err and len(err.strip().splitlines()) == 1
