@@ -118,6 +118,21 @@ def test_a_value_of_the_wrong_type_or_range_is_one_line_naming_the_key(frames_fi
     assert not (tmp_path / "runs").exists()  # refused before the run folder
 
 
+@pytest.mark.parametrize(("text", "words"), [
+    (None, "config file not found: "),
+    ("{bad", "not a readable JSON config (Expecting property name"),
+    ("[1, 2]", "a config is a JSON object of keys and sections like train/configs/default.json, got a list"),
+])
+def test_a_config_file_that_is_missing_or_not_an_object_is_one_line(frames_file, tmp_path, text, words, capsys):
+    """A list used to reach `set_key` and end in a traceback."""
+    config = tmp_path / "config.json"
+    if text is not None:
+        config.write_text(text)
+    assert main(["--data", str(frames_file), "--config", str(config), "--out-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+
+
 def test_json_numbers_and_lists_become_the_fields_types():
     from marsseg.train.config import TrainConfig
 

@@ -60,6 +60,20 @@ def set_key(values: dict, key: str, value) -> None:
     values[last] = value
 
 
+def read_config(path: Path) -> dict:
+    """The JSON object of a config file; ValueError naming the file when it is missing, unreadable or not one."""
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config is a JSON object of keys and sections like train/configs/default.json, "
+                         f"got a {type(values).__name__}")
+    return values
+
+
 def build_config(args: argparse.Namespace) -> TrainConfig:
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     if args.resume:
@@ -76,7 +90,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if args.time_budget_min is not None:
             cfg.time_budget_min = args.time_budget_min
         return TrainConfig.from_dict(dataclasses.asdict(cfg))  # the leg's flags pass the same checks
-    values = json.loads((args.config or DEFAULT_CONFIG).read_text())
+    values = read_config(args.config or DEFAULT_CONFIG)
     for name, v in given.items():
         set_key(values, FLAGS[name][0], v)
     for item in args.set:
@@ -106,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         from marsseg.train import cluster
 
         cluster.join(cluster.describe(args.coordinator, args.num_processes, args.process_id))
+        from marsseg.train.fit import Paused, train  # bound before any `except Paused` below is looked at
+
         cfg = build_config(args)
-        from marsseg.train.fit import Paused, train
 
         run = train(cfg, resume=args.resume is not None)
     except (DataError, ValueError, FileNotFoundError) as e:
