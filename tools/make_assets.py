@@ -372,11 +372,11 @@ def bundle(run: Path, exp: Path, data: str | None, clip_frames: int, baseline: P
     ds = D.load_dataset(resolve_data_path(data or split["data"]))
     clip = demo_clip(ds, split["val_names"], clip_frames)
     card = model_card(run, export, split, meta, baseline, recipe_run)
-    files["val_names.json"] = lambda f: f.write_text(json.dumps(split["val_names"]))
+    files["val_names.json"] = lambda f: f.write_bytes(json.dumps(split["val_names"]).encode())
     files["demo_clip.npz"] = lambda f: np.savez_compressed(
         f.open("wb"), frames=clip.frames, masks=clip.masks, names=clip.names,
         provenance=f"{len(clip)} validation frames of run {run.name} from {Path(split['data']).name}")
-    files["MODEL_CARD.md"] = lambda f: f.write_text(card)
+    files["MODEL_CARD.md"] = lambda f: f.write_bytes(card.encode())  # UTF-8 whatever the locale
     return files
 
 
