@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a power cut) never sees a half-written output."""
+"""Atomic file writes: a reader (or a power cut) never sees a half-written output; output folders checked before the
+work that fills them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be made or written; the message names the option."""
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if needed; OutputError naming `what` when that fails or this user cannot write there. Called
+    before minutes of work, so a mistyped output path does not throw that work away."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{what} cannot be created: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{what} is not writable by this user; fix its permissions or pass another")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

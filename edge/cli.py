@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from marsseg.core.interpreter import ModelError
+from marsseg.core.io import writable_folder
 from marsseg.edge.config import ConfigError, EdgeConfig, add_flags, flag, load_toml, validate
 from marsseg.edge.sources import SourceError
 
@@ -171,16 +172,6 @@ def check_outputs(cfg: EdgeConfig, inputs: list[Path]) -> None:
         if path.is_dir():
             raise ConfigError(f"{option} {path} is a folder; pass a file name")
         writable_folder(path.parent, f"{option} {path}: folder {path.parent}")
-
-
-def writable_folder(folder: Path, what: str) -> None:
-    """Create `folder` if needed; ConfigError naming `what` when that fails or this user cannot write there."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{what} cannot be created: {e.strerror or e}") from e
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{what} is not writable by this user; fix its permissions or pass another")
 
 
 def print_summary(s: dict) -> None:

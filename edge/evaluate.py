@@ -33,7 +33,7 @@ import numpy as np
 from marsseg.core.degrade import BY_NAME, GROUPS, corrupt_frames
 from marsseg.core.frames import load_frames
 from marsseg.core.interpreter import ModelError
-from marsseg.core.io import write_bytes_atomic, write_text_atomic
+from marsseg.core.io import writable_folder, write_bytes_atomic, write_text_atomic
 from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     named = (a.corruptions or ["suite"]) if a.corruptions is not None else []
     corruptions = list(dict.fromkeys(n for name in named for n in GROUPS.get(name, (name,))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from marsseg.edge.cli import bundled, writable_folder
+    from marsseg.edge.cli import bundled
 
     try:
         if a.threads < 0 or not all(0 <= t <= 1 for t in a.min_confidence):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import serial
-from marsseg.core.io import write_bytes_atomic
+from marsseg.core.io import OutputError, writable_folder, write_bytes_atomic
 from marsseg.edge import protocol as P
-from marsseg.edge.cli import OneLineParser, writable_folder
+from marsseg.edge.cli import OneLineParser
 from marsseg.edge.serial_link import Receiver
 
 log = logging.getLogger("marsseg.listen")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.save:  # now, not at the first map
         try:
             writable_folder(a.save, f"--save {a.save}")
-        except ValueError as e:
+        except OutputError as e:
             p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

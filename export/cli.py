@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 from marsseg.core.frames import DataError
 from marsseg.core.interpreter import ModelError, make_interpreter
-from marsseg.core.io import sha256_file, write_atomic, write_bytes_atomic, write_text_atomic
+from marsseg.core.io import (
+    OutputError,
+    sha256_file,
+    writable_folder,
+    write_atomic,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from marsseg.core.metadata import build_metadata, metadata_path
 from marsseg.core.spec import CLASS_NAMES, TILE_SHAPE, exposure_floor
 from marsseg.train.run import RunError
@@ -87,10 +94,7 @@ def export(model_path: Path, out_dir: Path, calibration: Path, budget: float, da
     tiles = load_calibration(calibration)
     if tiles.shape[1:] != TILE_SHAPE:
         raise ExportError(f"{calibration}: calibration tiles are {tiles.shape[1:]}, expected {TILE_SHAPE}")
-    try:  # before the minutes of conversion, not after
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"--output {out_dir} cannot be created: {e.strerror or e}; pass another folder") from e
+    writable_folder(out_dir, f"--output {out_dir}")  # before the minutes of conversion, not after
     val_x, val_y = run.validation_tiles(data)
     train_metrics = {}
     if run.finished:
@@ -159,12 +163,9 @@ def main_calibrate(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
     try:
-        try:  # before the data is read, not after
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"--out {a.out}: folder {a.out.parent} cannot be created: {e.strerror or e}") from e
+        writable_folder(a.out.parent, f"--out {a.out}: folder {a.out.parent}")  # before the data is read
         prov = make_calibration(a.data or "", a.out, a.n, a.seed)
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"marsseg-export calibrate: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(prov, indent=1))
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_path = a.model or latest_model(a.runs)
         report = export(model_path, a.output or model_path.parent / "export", a.calibration, a.budget, a.data)
-    except (ExportError, DataError, ModelError, RunError) as e:
+    except (ExportError, DataError, ModelError, RunError, OutputError) as e:
         print(f"marsseg-export: error: {e}", file=sys.stderr)
         return 2
     r = {x["name"]: x for x in report["results"]}
