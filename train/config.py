@@ -258,12 +258,11 @@ def _build(cls: type, values: dict, path: str) -> Any:
                          f"{' in ' + path if path else ''}: {sorted(fields)}")
     checked = {}
     for key, value in values.items():
-        hint = fields[key].type
-        if hint in {c.__name__ for c in SECTIONS.values()}:  # stays a dict: TrainConfig.__post_init__ builds it
+        if cls is TrainConfig and key in SECTIONS:  # stays a dict: TrainConfig.__post_init__ builds it
             checked[key] = value
             continue
         try:
-            checked[key] = conform(value, hint)
+            checked[key] = conform(value, fields[key].type)
         except ValueError as e:
             raise ValueError(f"config key {(path + '.' if path else '') + key!r} {e}") from None
     return cls(**checked)
