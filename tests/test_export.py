@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,21 @@ def test_gate_fails_on_broken_calibration(tiny_run, capsys):
     assert report["int8_drop_points"] > report["budget_points"]  # measured: ~45 points lost
     assert not (out / "model_int8.tflite").exists()  # the rejected model is never published
     assert (out / "model_int8.candidate.tflite").exists()
+
+
+def test_fixture_tool_writes_where_told_and_help_writes_nothing(tiny_run, tmp_path, monkeypatch):
+    import tools.make_test_model as tool
+
+    fixtures = {f: f.read_bytes() for f in (Path(tool.__file__).parents[1] / "tests" / "fixtures").glob("tiny*")}
+    with pytest.raises(SystemExit) as e:  # --help once started a training that overwrote the suite's fixture
+        tool.main(["--help"])
+    assert e.value.code == 0
+    monkeypatch.setattr(tool, "train_tiny", lambda work: tiny_run)  # the trained tiny run; the export is real
+    assert tool.main(["--output", str(tmp_path / "fx")]) == 0
+    meta = json.loads((tmp_path / "fx" / "tiny_int8.json").read_text())
+    assert meta["model_file"] == "tiny_int8.tflite"
+    assert sha256_file(tmp_path / "fx" / "tiny_int8.tflite") == meta["model_sha256"]
+    assert {f: f.read_bytes() for f in fixtures} == fixtures  # the suite's own fixture untouched
 
 
 def test_missing_model(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Regenerate the tiny int8 model fixture used by the edge tests (tests/fixtures/tiny_int8.*).
 
-  python -m tools.make_test_model
+  python -m tools.make_test_model [--output tests/fixtures]
 
 Trains a tiny dual U-Net (widths 4/8/8) for 4 epochs on the suite's synthetic brightness-band frames
 (tests/conftest.py: synthetic_frames) through the real training CLI, then exports it through the real
@@ -9,13 +9,14 @@ export CLI with those frames as calibration tiles. The result is a genuine full-
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from marsseg.core.io import write_bytes_atomic, write_text_atomic
 
 from tests.conftest import synthetic_frames
 
@@ -55,17 +56,21 @@ def export_tiny(model: Path, out: Path, calibration: np.ndarray | None = None) -
     return export_main(["--model", str(model), "--calibration", str(calib), "--output", str(out)])
 
 
-def main() -> int:
-    dest = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.make_test_model", description=__doc__.split("\n")[0])
+    ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "fixtures",
+                    help="folder for tiny_int8.tflite and tiny_int8.json (default: the suite's fixtures)")
+    dest = ap.parse_args(argv).output
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
         rc = export_tiny(train_tiny(Path(tmp)), out)
         if rc != 0:
             return rc
-        shutil.copy(out / "model_int8.tflite", dest / "tiny_int8.tflite")
         meta = json.loads((out / "model_int8.json").read_text())
         meta["model_file"] = "tiny_int8.tflite"
-        (dest / "tiny_int8.json").write_text(json.dumps(meta, indent=2))
+        # each file replaced whole: a run stopped half-way leaves the suite's fixture as it was
+        write_bytes_atomic(dest / "tiny_int8.tflite", (out / "model_int8.tflite").read_bytes())
+        write_text_atomic(dest / "tiny_int8.json", json.dumps(meta, indent=2))
     print(f"wrote {dest / 'tiny_int8.tflite'}")
     return 0
 
