@@ -26,9 +26,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from marsseg.core.io import write_text_atomic
+from marsseg.core.io import writable_folder, write_text_atomic
 from marsseg.edge.cli import bundled
 from marsseg.edge.model import TileModel
+
+from tools import one_line_errors
 
 REPO = Path(__file__).resolve().parents[1]
 # x86 and Arm flags that matter for int8/float32 inference kernels
@@ -223,6 +225,7 @@ def base_result() -> dict:
                         "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__}}
 
 
+@one_line_errors("bench")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serial-only", action="store_true",
                    help="only the serial map sizes (they depend on the model, not on CPU load)")
     a = p.parse_args(argv)
+    writable_folder(a.output, "--output")
     secs, frames = (0.5, 4) if a.quick else (4.0, 30)
     int8 = a.export_dir / "model_int8.tflite" if a.export_dir else bundled("model_int8.tflite")
     float32 = (a.export_dir or REPO / "bench" / "models") / "model_float32.tflite"
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_result(result: dict, folder: Path, suffix: str = "") -> int:
-    folder.mkdir(parents=True, exist_ok=True)
+    """`<host>-<date><suffix>.json` in `folder` (checked writable at start with `writable_folder`)."""
     path = folder / f"{result['host']}-{time.strftime('%Y%m%d')}{suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=2))
     say(f"wrote {path}")

@@ -11,6 +11,7 @@ whole frame (seeded) and run on the edge path at frame level, e.g. the JPEG qual
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,10 @@ from marsseg.core.io import write_text_atomic
 from marsseg.edge.evaluate import evaluate
 from marsseg.edge.model import TileModel
 
+from tools import one_line_errors
 
+
+@one_line_errors("camera_sweep")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.camera_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("data", type=Path)
@@ -48,7 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             return text
 
+    if bad := [item for item in a.fixed if "=" not in item]:
+        p.error(f"--fixed takes NAME=VALUE, got {bad[0]!r}")
     fixed = {k: value(v) for k, v in (item.split("=", 1) for item in a.fixed)}
+    params = [n for n in inspect.signature(fn).parameters if n not in ("img", "rng")]
+    if unknown := [n for n in (a.param, *fixed) if n not in params]:
+        p.error(f"{a.kind} has no parameter {unknown[0]!r}; it takes {', '.join(params)}")
+    for v in map(value, a.values):  # a value the degradation cannot take is refused before the evaluation
+        try:
+            fn(np.zeros((8, 8), np.uint8), np.random.default_rng(0), **{a.param: v, **fixed})
+        except (TypeError, ValueError) as e:
+            p.error(f"{a.kind} {a.param}={v!r}: {e}")
     model = TileModel(a.model or bundled("model_int8.tflite"))
     ds = load_frames(a.data, names_file=a.names)
     frames, masks = ds.frames, ds.masks

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.core.interpreter import input_info, make_interpreter, resize_batch, set_input
+from marsseg.core.io import writable_folder
 
+from tools import one_line_errors
 from tools.bench import REPO, base_result, say, write_result
 
 # (height, width, channels) of the default model's conv levels, and the same levels widened to a multiple of 16
@@ -65,12 +67,14 @@ def time_invoke(blob: bytes, work: Path, reps: int) -> float:
     return float(np.median(times)) / BATCH
 
 
+@one_line_errors("conv_bench")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="conv_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke check)")
     a = p.parse_args(argv)
+    writable_folder(a.output, "--output")
     result = base_result()
     rows = []
     say("one 3x3 conv per level, float32 vs int8 (XNNPACK, 2 threads, batch 16)")

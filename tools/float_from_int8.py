@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools import one_line_errors
+
 # TensorFlow's name scope adds one `_k` to each Keras layer name: conv2d_49 -> conv2d_49_1, conv2d -> conv2d_2
 KERNEL = re.compile(r"(?:^|/)conv2d(?:_(\d+))?_\d+/convolution$")
 
@@ -100,6 +102,7 @@ def rebuild(model_path: Path, cfg, tiles: np.ndarray, offsets: np.ndarray):
     return model
 
 
+@one_line_errors("float_from_int8")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.float_from_int8", description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=Path, help="int8 .tflite exported from --config's architecture")
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the .keras file to write")
     p.add_argument("--note", default="", help="appended to the provenance note a model card quotes")
     a = p.parse_args(argv)
+    if a.tiles < 1:
+        p.error(f"--tiles takes 1 or more, got {a.tiles}")
     from marsseg.core.io import sha256_file, write_atomic, write_text_atomic
     from marsseg.train import data as D
     from marsseg.train.config import TrainConfig

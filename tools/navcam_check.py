@@ -19,12 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from marsseg.core.frames import load_frames
-from marsseg.core.interpreter import ModelError
 from marsseg.core.io import write_text_atomic
 from marsseg.core.metrics import confusion_matrix, scores
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.sources import ground_scale, to_gray
+
+from tools import one_line_errors
 
 
 def runtime_resize(big: np.ndarray, fov: float, deg_per_pixel: float) -> np.ndarray:
@@ -38,6 +39,7 @@ def training_chain(big: np.ndarray, fov: float, deg_per_pixel: float) -> np.ndar
     return cv2.resize(quarter, (w // 8, h // 8), interpolation=cv2.INTER_AREA)
 
 
+@one_line_errors("navcam_check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.navcam_check", description=__doc__.split("\n\n")[0])
     p.add_argument("data", type=Path)
@@ -50,13 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from marsseg.edge.cli import bundled
 
-    try:
-        model = TileModel(a.model or bundled("model_int8.tflite"))
-        seg = Segmenter(model, a.overlap)
-        ds = load_frames(a.data, names_file=a.names)
-    except (ModelError, ValueError, OSError) as e:  # DataError is a ValueError
-        print(f"navcam_check: error: {e}", file=sys.stderr)
-        return 2
+    model = TileModel(a.model or bundled("model_int8.tflite"))
+    seg = Segmenter(model, a.overlap)
+    ds = load_frames(a.data, names_file=a.names)
     frames, masks = ds.frames, ds.masks
     n = model.meta.num_classes
     paths = {"native": None, f"navcam {a.size}² --fov {a.fov:g} (runtime resize)": runtime_resize,

@@ -24,17 +24,22 @@ from marsseg.edge.render import palette
 from marsseg.edge.sources import Frame
 from marsseg.edge.terrain import CostTable
 
+from tools import one_line_errors
 from tools.bench import make_frames
 
 SETTINGS = ({"png_level": 0}, {"png_level": 1}, {"png_level": 6}, {"png_level": 9},
             {"png_level": 1, "npz": True}, {"png_level": 1, "npz": True, "npz_compress": False})
 
 
+@one_line_errors("output_cost")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=10)
     a = p.parse_args(argv)
+    if a.size < 128 or a.repeats < 1:
+        p.error(f"--size takes 128 (the model's frame width) or more and --repeats 1 or more, got {a.size} and "
+                f"{a.repeats}")
     model = TileModel(bundled("model_int8.tflite"))
     with tempfile.TemporaryDirectory() as tmp:
         make_frames(Path(tmp) / "in", (a.size, a.size), 1)

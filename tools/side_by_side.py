@@ -27,12 +27,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 from marsseg.core.frames import load_frames
+from marsseg.core.io import writable_folder
 from marsseg.core.tiling import TileGrid
 from marsseg.edge.cli import bundled
 from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.sources import to_gray, work_size
 
+from tools import one_line_errors
 from tools.bench import REPO, base_result, make_frames, say, write_result
 
 CASES = (  # (frame size, overlap, scale, source kind)
@@ -106,6 +108,7 @@ def pack_frames(pngs: Path) -> Path:
     return path
 
 
+@one_line_errors("side_by_side")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few frames per case (smoke check)")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is kept")
     a = p.parse_args(argv)
+    writable_folder(a.output, "--output")
     result = base_result()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

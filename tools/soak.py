@@ -26,9 +26,11 @@ import tty
 from pathlib import Path
 
 import numpy as np
+from marsseg.core.io import writable_folder
 from marsseg.edge import protocol as P
 from marsseg.edge.cli import bundled
 
+from tools import one_line_errors
 from tools.bench import REPO, base_result, say, write_result
 
 KEYS = 200
@@ -144,12 +146,16 @@ def fuzz(n: int, seed: int = 0) -> dict:
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+@one_line_errors("soak")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=20_000)
     p.add_argument("--fuzz", type=int, default=1_000_000)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
     a = p.parse_args(argv)
+    if a.frames < 1 or a.fuzz < 0:
+        p.error(f"--frames takes 1 or more and --fuzz 0 or more, got {a.frames} and {a.fuzz}")
+    writable_folder(a.output, "--output")
     result = base_result()
     with tempfile.TemporaryDirectory() as tmp:
         result["soak"] = soak(a.frames, Path(tmp))

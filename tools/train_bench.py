@@ -23,6 +23,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from marsseg.core.io import writable_folder
+
+from tools import one_line_errors
 from tools.bench import REPO, base_result, matmul_peak, say, write_result
 
 VARIANTS = ("pydataset", "pydataset-workers2", "tfdata", "tfdata-xla")
@@ -77,6 +80,7 @@ def run_variant(variant: str, steps: int, batch: int, config: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@one_line_errors("train_bench")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results")
@@ -85,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="3 steps of batch 8 (smoke check)")
     a = p.parse_args(argv)
+    if not a.config.is_file():
+        p.error(f"config file not found: {a.config}")
+    if min(a.steps, a.batch) < 1:
+        p.error(f"--steps and --batch take 1 or more, got {a.steps} and {a.batch}")
+    writable_folder(a.output, "--output")
     steps, batch = (3, 8) if a.quick else (a.steps, a.batch)
     result = base_result()
     peak = matmul_peak(1.0 if a.quick else 3.0)
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {v}: {r['tiles_per_s']} tiles/s (batch {batch}), {r['train_gmac_s']} GMAC/s forward+backward, "
             f"{r['share_of_matmul_peak']:.0%} of the float32 matmul peak ({peak:.1f} GMAC/s)")
         rows.append(r)
+    if all("error" in r for r in rows):  # nothing measured: no results file that reads like one
+        say("every variant failed; nothing written")
+        return 1
     result["training"] = {"float32_matmul_peak_gmac_s": round(peak, 2), "variants": rows}
     return write_result(result, a.output, "-train")
 
