@@ -52,6 +52,9 @@ class EdgeConfig:
     scale: float | None = _opt(None, "resize factor instead of --fov (0.125: 1024-px navcam frames)", "input", 0, 64,
                                lo_open=True, hint="a resize factor; 0.125 for 1024-px navcam frames")
     resize: str | None = _opt(None, "resize frames to WxH instead of --fov/--scale", "input")
+    bit_depth: int = _opt(16, "significant bits of 16-bit frames (16-bit PNG/TIFF, mono16): 12 for a camera that "
+                              "puts 12-bit values in 16-bit words (default 16)", "input", 8, 16,
+                          hint="the camera's bits per pixel")
     topic: str | None = _opt(None, "image topic of an .mcap --source (sensor_msgs/Image or CompressedImage; "
                                    "optional when the recording has one)", "input")
     model: str | None = _opt(None, "int8 .tflite with its .json metadata beside it (default: bundled)", "model")

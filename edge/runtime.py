@@ -18,7 +18,17 @@ from marsseg.edge.config import EdgeConfig
 from marsseg.edge.ground import GroundProjector
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
-from marsseg.edge.sources import FileSource, Frame, LiveSource, fine_frame_warning, ground_scale, to_gray, work_size
+from marsseg.edge.sources import (
+    LOW_BITS,
+    FileSource,
+    Frame,
+    LiveSource,
+    bit_depth_warning,
+    fine_frame_warning,
+    ground_scale,
+    to_gray,
+    work_size,
+)
 from marsseg.edge.terrain import CostTable
 
 log = logging.getLogger("marsseg.edge")
@@ -127,6 +137,8 @@ class Runtime:
             raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
                              "not record one (exported before it was); pass --scale or --resize instead")
         self._warned_fine = False
+        self.bits = cfg.bit_depth
+        self._check_bits = True  # 16-bit frames against --bit-depth, until one warning or proof that it fits
         self.log_interval, self.max_frames = cfg.log_interval, cfg.max_frames
         self.watchdog = watchdog or Watchdog(0)
         self.max_tiles, self.fail_after = cfg.max_tiles, cfg.fail_after
@@ -212,7 +224,11 @@ class Runtime:
             self._bad(frame, frame.error or "unreadable frame")
             return
         try:
-            gray = to_gray(frame.image)
+            if self._check_bits and getattr(frame.image, "dtype", None) == np.uint16:
+                peak = int(frame.image.max())
+                warned = self._warn(bit_depth_warning(peak, self.bits))
+                self._check_bits = not warned and (self.bits <= LOW_BITS or peak < 1 << LOW_BITS)
+            gray = to_gray(frame.image, bits=self.bits)
             scale = self._scale(gray.shape[1])
             w, h = work_size(gray.shape, scale, self.size)
             tiles = count_tiles((h, w), self.segmenter.model.tile_shape, self.segmenter.overlap)
@@ -273,10 +289,15 @@ class Runtime:
             return ground_scale(width, self.fov, self.deg_per_pixel)
         if not self._warned_fine:
             self._warned_fine = True
-            warning = fine_frame_warning(width, self.deg_per_pixel)
-            if warning:
-                log.warning(warning)
+            self._warn(fine_frame_warning(width, self.deg_per_pixel))
         return 1.0
+
+    @staticmethod
+    def _warn(warning: str | None) -> bool:
+        """Log `warning` if there is one; whether there was."""
+        if warning:
+            log.warning(warning)
+        return warning is not None
 
     def _bad(self, frame: Frame, why: str) -> None:
         """Count and log a skipped frame; the same reason again (a camera sending garbage) is throttled."""

@@ -57,15 +57,16 @@ class SourceStats:
     extra: dict = field(default_factory=dict)
 
 
-def to_gray(image: np.ndarray, scale: float = 1.0, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Any 8/16-bit gray, BGR or BGRA image -> uint8 gray at the model's ground scale.
+def to_gray(image: np.ndarray, scale: float = 1.0, size: tuple[int, int] | None = None, bits: int = 16) -> np.ndarray:
+    """Any 8/16-bit gray, BGR or BGRA image -> uint8 gray at the model's ground scale. A 16-bit image keeps its
+    top 8 of `bits` significant bits (a 12-bit camera's words hold 0-4095: read as 16-bit they would be black).
 
     Raises ValueError naming the problem for anything else (the runtime counts and skips such frames).
     """
     if not isinstance(image, np.ndarray) or image.size == 0:
         raise ValueError("empty or missing image")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = np.minimum(image >> (bits - 8), 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ValueError(f"unsupported pixel type {image.dtype}, expected uint8 or uint16")
     if image.ndim == 3 and image.shape[2] == 1:
@@ -100,6 +101,22 @@ def ground_scale(width: int, fov: float, deg_per_pixel: float) -> float:
     right whatever resolution the camera is set to.
     """
     return fov / width / deg_per_pixel
+
+
+LOW_BITS = 12  # a 16-bit frame whose values all fit in this many bits is most likely a 10- or 12-bit camera's
+
+
+def bit_depth_warning(peak: int, bits: int) -> str | None:
+    """A warning when a 16-bit frame's brightest value `peak` does not fit `bits`-bit reading: all in the low
+    `LOW_BITS` bits of a 16-bit reading (most likely a 10- or 12-bit camera's words: they would segment near black),
+    or beyond `bits` bits (the frame saturates white)."""
+    if bits > LOW_BITS and peak < 1 << LOW_BITS:
+        return (f"16-bit frames read as {bits}-bit hold values only up to {peak} ({LOW_BITS} bits or fewer), so they "
+                "segment near black: if the camera delivers 10- or 12-bit data, pass --bit-depth 12 (or 10)")
+    if peak >= 1 << bits:
+        return (f"16-bit frames hold values up to {peak}, beyond --bit-depth {bits} ({(1 << bits) - 1}): they "
+                "saturate; pass the camera's bit depth (16 when its values fill the word)")
+    return None
 
 
 def fine_frame_warning(width: int, deg_per_pixel: float) -> str | None:

@@ -33,6 +33,27 @@ def frame_folder(tmp_path):
     return d
 
 
+def test_twelve_bit_frames_segment_as_their_8_bit_view_with_bit_depth_12(tmp_path):
+    """16-bit PNGs holding a 12-bit camera's values: read as 16-bit they are near black and one warning line names
+    --bit-depth; with --bit-depth 12 the masks are those of the same frames at 8 bits."""
+    frames, _ = synthetic_frames(n=3)
+    twelve, eight = tmp_path / "twelve", tmp_path / "eight"
+    for d in (twelve, eight):
+        d.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(twelve / f"f{i}.png"), f.astype(np.uint16) << 4 | 9)  # low bits below the 8 kept: noise
+        cv2.imwrite(str(eight / f"f{i}.png"), f)
+    as16 = run_edge(twelve, tmp_path / "as16")
+    assert as16.returncode == 0 and as16.stderr.count("--bit-depth 12") == 1, as16.stderr
+    assert run_edge(twelve, tmp_path / "as12", "--bit-depth", "12").returncode == 0
+    assert run_edge(eight, tmp_path / "as8").returncode == 0
+    for i in range(3):
+        read = [cv2.imread(str(tmp_path / d / f"f{i}.png"), cv2.IMREAD_UNCHANGED) for d in ("as12", "as8")]
+        assert np.array_equal(*read)
+    r = run_edge(twelve, "--bit-depth", "7")
+    assert r.returncode == 2 and "--bit-depth" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_folder_to_masks_overlays_grids(frame_folder, tmp_path):
     out = tmp_path / "out"
     summary = tmp_path / "summary.json"

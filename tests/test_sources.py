@@ -26,6 +26,23 @@ def test_to_gray_variants():
             S.to_gray(bad)
 
 
+def test_to_gray_keeps_the_top_8_of_the_cameras_bits():
+    twelve = np.array([[0, 16, 2048, 4095]], np.uint16)  # a 12-bit camera's values in 16-bit words
+    assert S.to_gray(twelve, bits=12).tolist() == [[0, 1, 128, 255]]
+    assert S.to_gray(twelve).max() == 15  # read as 16-bit: near black
+    assert S.to_gray(np.array([[8191, 65535]], np.uint16), bits=12).tolist() == [[255, 255]]  # over range: clipped
+    assert S.to_gray(np.array([[1023]], np.uint16), bits=10)[0, 0] == 255
+
+
+def test_bit_depth_warning_names_the_flag_only_when_the_frame_does_not_fit():
+    assert S.bit_depth_warning(65535, 16) is None and S.bit_depth_warning(4096, 16) is None
+    assert S.bit_depth_warning(4095, 12) is None and S.bit_depth_warning(1023, 10) is None
+    low = S.bit_depth_warning(4095, 16)  # a 12-bit camera read as 16-bit
+    assert low and "--bit-depth 12" in low and "\n" not in low
+    high = S.bit_depth_warning(5000, 12)  # 16-bit data read as 12-bit
+    assert high and "saturate" in high and "4095" in high
+
+
 class FakeCapture:
     """A camera that delivers frames, loses the device after a few, refuses one reopen, then comes back."""
 
