@@ -16,6 +16,7 @@ from pathlib import Path
 
 from marsseg.core.fields import conform
 from marsseg.edge.ground import CameraGeometry, GroundLayout
+from marsseg.edge.sources import FLIPS
 
 MASK_SIZES = ("input", "model")  # saved class masks at the input's size, or at the scale the model ran at
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -52,6 +53,9 @@ class EdgeConfig:
     scale: float | None = _opt(None, "resize factor instead of --fov (0.125: 1024-px navcam frames)", "input", 0, 64,
                                lo_open=True, hint="a resize factor; 0.125 for 1024-px navcam frames")
     resize: str | None = _opt(None, "resize frames to WxH instead of --fov/--scale", "input")
+    input_flip: str = _opt("none", "turn or mirror frames as they arrive, for a camera mounted turned or read out "
+                                   "mirrored: the model wants the sky up (docs/robustness.md). --fov is across the "
+                                   "frame as delivered; outputs are as turned", "input", choices=tuple(FLIPS))
     bit_depth: int = _opt(16, "significant bits of 16-bit frames (16-bit PNG/TIFF, mono16): 12 for a camera that "
                               "puts 12-bit values in 16-bit words (default 16)", "input", 8, 16,
                           hint="the camera's bits per pixel")

@@ -17,7 +17,7 @@ frame, with `origin` = (near, -width/2)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from marsseg.edge.terrain import CostTable, cell_counts, cells_from_counts
@@ -48,6 +48,12 @@ class CameraGeometry:
         pitch = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
         roll = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
         return roll @ pitch @ level
+
+    def turned(self, width: int, height: int) -> CameraGeometry:
+        """This camera for frames turned a quarter (`--input-flip clockwise`, …) to `width`×`height`: `hfov` spanned
+        the delivered width, now `height`; the focal length stays, so `width` spans 2·atan(tan(hfov/2)·width/height)."""
+        half = math.atan(math.tan(math.radians(self.hfov) / 2) * width / height)
+        return replace(self, hfov=math.degrees(2 * half))
 
     def intrinsics(self, width: int, height: int) -> np.ndarray:
         f = width / 2 / math.tan(math.radians(self.hfov) / 2)

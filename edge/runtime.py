@@ -19,7 +19,9 @@ from marsseg.edge.ground import GroundProjector
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.publishers import Publisher, Result
 from marsseg.edge.sources import (
+    FLIPS,
     LOW_BITS,
+    TURNS,
     FileSource,
     Frame,
     LiveSource,
@@ -137,7 +139,7 @@ class Runtime:
             raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
                              "not record one (exported before it was); pass --scale or --resize instead")
         self._warned_fine = False
-        self.bits = cfg.bit_depth
+        self.bits, self.flip = cfg.bit_depth, cfg.input_flip
         self._check_bits = True  # 16-bit frames against --bit-depth, until one warning or proof that it fits
         self.log_interval, self.max_frames = cfg.log_interval, cfg.max_frames
         self.watchdog = watchdog or Watchdog(0)
@@ -154,7 +156,10 @@ class Runtime:
         """The mask's pixels are the frame's, resized: the camera's field of view spans the mask's width."""
         size = (shape[1], shape[0])
         if size not in self._projectors:
-            self._projectors[size] = GroundProjector(*self.ground, size)
+            geometry, layout = self.ground
+            if self.flip in TURNS:  # --fov spans the delivered width, which is now the height
+                geometry = geometry.turned(*size)
+            self._projectors[size] = GroundProjector(geometry, layout, size)
         return self._projectors[size]
 
     def status(self) -> dict:
@@ -229,7 +234,11 @@ class Runtime:
                 warned = self._warn(bit_depth_warning(peak, self.bits))
                 self._check_bits = not warned and (self.bits <= LOW_BITS or peak < 1 << LOW_BITS)
             gray = to_gray(frame.image, bits=self.bits)
-            scale = self._scale(gray.shape[1])
+            scale = self._scale(gray.shape[1])  # from the delivered width: turning keeps each pixel's angle
+            truth = frame.truth if frame.truth is not None and frame.truth.shape == gray.shape else None
+            if self.flip != "none":
+                gray = FLIPS[self.flip](gray)
+                truth = None if truth is None else FLIPS[self.flip](truth)
             w, h = work_size(gray.shape, scale, self.size)
             tiles = count_tiles((h, w), self.segmenter.model.tile_shape, self.segmenter.overlap)
             if self.max_tiles and tiles > self.max_tiles:
@@ -278,8 +287,8 @@ class Runtime:
                          ("merge", t2 - t1 - tile - invoke), ("map", t3 - t2), ("publish", t4 - t3)):
             st.stage_totals[name] += dt
         st.class_counts += np.bincount(seg.mask.ravel(), minlength=self.num_classes)[: self.num_classes]
-        if frame.truth is not None and frame.truth.shape == gray.shape:
-            cm = confusion_matrix(frame.truth, result.full_mask(), self.num_classes)
+        if truth is not None:
+            cm = confusion_matrix(truth, result.full_mask(), self.num_classes)
             st.confusion = cm if st.confusion is None else st.confusion + cm
 
     def _scale(self, width: int) -> float:

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +103,17 @@ def ground_scale(width: int, fov: float, deg_per_pixel: float) -> float:
     return fov / width / deg_per_pixel
 
 
+FLIPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # --input-flip: jetson-inference's and GStreamer's names
+    "none": lambda a: a,
+    "clockwise": lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    "counterclockwise": lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    "rotate-180": lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    "horizontal": lambda a: cv2.flip(a, 1),
+    "vertical": lambda a: cv2.flip(a, 0),
+    "upper-left-diagonal": cv2.transpose,
+    "upper-right-diagonal": lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+}
+TURNS = ("clockwise", "counterclockwise", "upper-left-diagonal", "upper-right-diagonal")  # swap width and height
 LOW_BITS = 12  # a 16-bit frame whose values all fit in this many bits is most likely a 10- or 12-bit camera's
 
 

@@ -43,6 +43,17 @@ def test_bit_depth_warning_names_the_flag_only_when_the_frame_does_not_fit():
     assert high and "saturate" in high and "4095" in high
 
 
+def test_input_flips_are_the_turns_and_mirrors_they_name():
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    expected = {"none": a, "clockwise": np.rot90(a, -1), "counterclockwise": np.rot90(a), "rotate-180": a[::-1, ::-1],
+                "horizontal": a[:, ::-1], "vertical": a[::-1], "upper-left-diagonal": a.T,
+                "upper-right-diagonal": a[::-1, ::-1].T}
+    assert set(expected) == set(S.FLIPS)
+    for name, want in expected.items():
+        np.testing.assert_array_equal(S.FLIPS[name](a), want, err_msg=name)
+    assert {name for name, f in S.FLIPS.items() if f(a).shape != a.shape} == set(S.TURNS)
+
+
 class FakeCapture:
     """A camera that delivers frames, loses the device after a few, refuses one reopen, then comes back."""
 

@@ -23,6 +23,7 @@ from tests.conftest import TINY_MODEL
     ("camera_sweep", ["{tmp}/none.npz", "gaussian_blur", "sigma", "abc"], "gaussian_blur sigma='abc'"),
     ("camera_sweep", ["{tmp}/none.npz", "jpeg", "quality", "80", "--fixed", "x"], "--fixed takes NAME=VALUE"),
     ("navcam_check", ["{tmp}/none.npz", "--model", TINY_MODEL], "frames file not found"),
+    ("mount_check", ["{tmp}/none.npz", "--model", TINY_MODEL], "frames file not found"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tool, args, words, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
