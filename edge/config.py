@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from marsseg.core.fields import conform
 from marsseg.edge.ground import CameraGeometry, GroundLayout
+from marsseg.edge.lens import Lens
 from marsseg.edge.sources import FLIPS
 
 MASK_SIZES = ("input", "model")  # saved class masks at the input's size, or at the scale the model ran at
@@ -53,6 +55,9 @@ class EdgeConfig:
     scale: float | None = _opt(None, "resize factor instead of --fov (0.125: 1024-px navcam frames)", "input", 0, 64,
                                lo_open=True, hint="a resize factor; 0.125 for 1024-px navcam frames")
     resize: str | None = _opt(None, "resize frames to WxH instead of --fov/--scale", "input")
+    camera_info: str | None = _opt(None, "the camera's calibration, a ROS camera_info YAML or an OpenCV calibration "
+                                         "file: frames are undistorted first, and its focal length gives the field "
+                                         "of view (instead of --fov)", "input")
     input_flip: str = _opt("none", "turn or mirror frames as they arrive, for a camera mounted turned or read out "
                                    "mirrored: the model wants the sky up (docs/robustness.md). --fov is across the "
                                    "frame as delivered; outputs are as turned", "input", choices=tuple(FLIPS))
@@ -130,15 +135,30 @@ class EdgeConfig:
         """--resize as (W, H), or None."""
         return parse_size(self.resize) if self.resize else None
 
+    @functools.cached_property
+    def lens(self) -> Lens | None:
+        """The calibrated lens of --camera-info, read once; None without one."""
+        if self.camera_info is None:
+            return None
+        try:
+            return Lens.load(self.camera_info)
+        except ValueError as e:
+            raise ConfigError(str(e), "camera_info") from None
+
+    def hfov(self) -> float | None:
+        """Horizontal field of view of the frames the model's resize sees: undistorted ones' with --camera-info."""
+        return self.lens.hfov if self.lens else self.fov
+
     def ground(self) -> tuple[CameraGeometry, GroundLayout] | None:
         """The camera geometry and grid of the ground cost map, or None when it is off (no --camera-height)."""
         if self.camera_height is None:
             return None
-        if self.fov is None or self.camera_pitch is None:
-            raise ConfigError("--camera-height (the ground cost map) needs --fov and --camera-pitch too",
+        if self.hfov() is None or self.camera_pitch is None:
+            raise ConfigError("--camera-height (the ground cost map) needs --fov and --camera-pitch too (or "
+                              "--camera-info for --fov)",
                               "camera_height")
         try:
-            return (CameraGeometry(self.fov, self.camera_height, self.camera_pitch, self.camera_roll),
+            return (CameraGeometry(self.hfov(), self.camera_height, self.camera_pitch, self.camera_roll),
                     GroundLayout(self.ground_cell, self.ground_near, self.ground_depth, self.ground_width))
         except ValueError as e:
             raise ConfigError(f"ground map: {e}") from e
@@ -199,6 +219,9 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
         raise ConfigError("give either --camera or --source, not both")
     if cfg.camera is None and cfg.source is None:
         raise ConfigError("no input: pass --camera N or --source PATH (or a positional input)")
+    if cfg.camera_info is not None and cfg.fov is not None:
+        raise ConfigError("give either --fov or --camera-info: the calibration's focal length gives the field of view",
+                          "fov")
     if cfg.topic is not None and not (cfg.source or "").endswith(".mcap"):
         raise ConfigError("--topic picks the image topic of a ROS 2 recording: give it with --source FILE.mcap",
                           "topic")

@@ -133,13 +133,17 @@ class Runtime:
         cells; stats every `log_interval` s; `max_frames`; when every publisher has failed for `fail_after`
         seconds the run ends with OUTPUTS_FAILED_EXIT."""
         self.source, self.segmenter, self.publishers = source, segmenter, publishers
-        self.table, self.cell, self.scale, self.size, self.fov = table, cfg.cell, cfg.scale, cfg.frame_size(), cfg.fov
+        self.table, self.cell, self.scale, self.size = table, cfg.cell, cfg.scale, cfg.frame_size()
+        self.fov = cfg.hfov()
         self.deg_per_pixel = segmenter.model.meta.deg_per_pixel
         if self.fov is not None and self.scale is None and self.size is None and not self.deg_per_pixel:
             raise ValueError(f"--fov needs the model's ground scale, and {segmenter.model.path.name}'s metadata does "
                              "not record one (exported before it was); pass --scale or --resize instead")
         self._warned_fine = False
-        self.bits, self.flip = cfg.bit_depth, cfg.input_flip
+        self.bits, self.flip, self.lens = cfg.bit_depth, cfg.input_flip, cfg.lens
+        if self.lens:
+            log.info("lens: %s (%s, %dx%d), frames undistorted to a %.1f° pinhole view", cfg.camera_info,
+                     self.lens.model or "plumb_bob", self.lens.width, self.lens.height, self.lens.hfov)
         self._check_bits = True  # 16-bit frames against --bit-depth, until one warning or proof that it fits
         self.log_interval, self.max_frames = cfg.log_interval, cfg.max_frames
         self.watchdog = watchdog or Watchdog(0)
@@ -236,6 +240,9 @@ class Runtime:
             gray = to_gray(frame.image, bits=self.bits)
             scale = self._scale(gray.shape[1])  # from the delivered width: turning keeps each pixel's angle
             truth = frame.truth if frame.truth is not None and frame.truth.shape == gray.shape else None
+            if self.lens:
+                gray = self.lens.undistort(gray)
+                truth = None if truth is None else self.lens.undistort(truth, nearest=True)
             if self.flip != "none":
                 gray = FLIPS[self.flip](gray)
                 truth = None if truth is None else FLIPS[self.flip](truth)
