@@ -24,6 +24,8 @@ from tests.conftest import TINY_MODEL
     ("camera_sweep", ["{tmp}/none.npz", "jpeg", "quality", "80", "--fixed", "x"], "--fixed takes NAME=VALUE"),
     ("navcam_check", ["{tmp}/none.npz", "--model", TINY_MODEL], "frames file not found"),
     ("mount_check", ["{tmp}/none.npz", "--model", TINY_MODEL], "frames file not found"),
+    ("lens_check", ["{tmp}/none.npz", "--model", TINY_MODEL], "frames file not found"),
+    ("lens_check", ["{tmp}/none.npz", "--size", "64"], "--size takes 128 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tool, args, words, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
