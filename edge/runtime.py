@@ -233,19 +233,7 @@ class Runtime:
             self._bad(frame, frame.error or "unreadable frame")
             return
         try:
-            if self._check_bits and getattr(frame.image, "dtype", None) == np.uint16:
-                peak = int(frame.image.max())
-                warned = self._warn(bit_depth_warning(peak, self.bits))
-                self._check_bits = not warned and (self.bits <= LOW_BITS or peak < 1 << LOW_BITS)
-            gray = to_gray(frame.image, bits=self.bits)
-            scale = self._scale(gray.shape[1])  # from the delivered width: turning keeps each pixel's angle
-            truth = frame.truth if frame.truth is not None and frame.truth.shape == gray.shape else None
-            if self.lens:
-                gray = self.lens.undistort(gray)
-                truth = None if truth is None else self.lens.undistort(truth, nearest=True)
-            if self.flip != "none":
-                gray = FLIPS[self.flip](gray)
-                truth = None if truth is None else FLIPS[self.flip](truth)
+            gray, truth, scale = self._upright(frame)
             w, h = work_size(gray.shape, scale, self.size)
             tiles = count_tiles((h, w), self.segmenter.model.tile_shape, self.segmenter.overlap)
             if self.max_tiles and tiles > self.max_tiles:
@@ -297,6 +285,24 @@ class Runtime:
         if truth is not None:
             cm = confusion_matrix(truth, result.full_mask(), self.num_classes)
             st.confusion = cm if st.confusion is None else st.confusion + cm
+
+    def _upright(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """The frame as a pinhole camera held level would give it: gray at the camera's bit depth, undistorted,
+        turned; its truth mask alike; and the factor that brings it to the model's ground scale."""
+        if self._check_bits and getattr(frame.image, "dtype", None) == np.uint16:
+            peak = int(frame.image.max())
+            warned = self._warn(bit_depth_warning(peak, self.bits))
+            self._check_bits = not warned and (self.bits <= LOW_BITS or peak < 1 << LOW_BITS)
+        gray = to_gray(frame.image, bits=self.bits)
+        scale = self._scale(gray.shape[1])  # from the delivered width: the lens's pinhole view and a turn keep it
+        truth = frame.truth if frame.truth is not None and frame.truth.shape == gray.shape else None
+        if self.lens:
+            gray = self.lens.undistort(gray)
+            truth = None if truth is None else self.lens.undistort(truth, nearest=True)
+        if self.flip != "none":
+            gray = FLIPS[self.flip](gray)
+            truth = None if truth is None else FLIPS[self.flip](truth)
+        return gray, truth, scale
 
     def _scale(self, width: int) -> float:
         if self.scale is not None or self.size is not None:
