@@ -18,30 +18,24 @@ from pathlib import Path
 
 import numpy as np
 from marsseg.core import degrade
-from marsseg.core.frames import load_frames
 from marsseg.core.io import write_text_atomic
 from marsseg.edge.evaluate import evaluate
-from marsseg.edge.model import TileModel
 
-from tools import one_line_errors
+from tools import add_frames_args, frames_and_model, one_line_errors
 
 
 @one_line_errors("camera_sweep")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.camera_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", type=Path)
+    add_frames_args(p)
     p.add_argument("kind", help="a degradation function of marsseg.core.degrade, e.g. jpeg, sharpen, gaussian_blur")
     p.add_argument("param", help="its parameter to sweep")
     p.add_argument("values", nargs="+", help="values (numbers, or names for resample kernels)")
     p.add_argument("--fixed", nargs="*", default=[], metavar="NAME=VALUE", help="its other parameters")
-    p.add_argument("--names", type=Path)
-    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="JSON file for the sweep")
     a = p.parse_args(argv)
-    from marsseg.edge.cli import bundled
-
     fn = getattr(degrade, a.kind.replace("-", "_"), None)
     if not callable(fn):
         p.error(f"no degradation {a.kind!r} in marsseg.core.degrade")
@@ -63,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             fn(np.zeros((8, 8), np.uint8), np.random.default_rng(0), **{a.param: v, **fixed})
         except (TypeError, ValueError) as e:
             p.error(f"{a.kind} {a.param}={v!r}: {e}")
-    model = TileModel(a.model or bundled("model_int8.tflite"))
-    ds = load_frames(a.data, names_file=a.names)
+    model, ds = frames_and_model(a)
     frames, masks = ds.frames, ds.masks
     rows = [{"value": None, **evaluate(model, frames, masks, a.overlap, thresholds=None)}]
     for v in map(value, a.values):

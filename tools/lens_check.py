@@ -24,7 +24,7 @@ import numpy as np
 from marsseg.core.frames import load_frames
 from marsseg.core.io import write_text_atomic
 
-from tools import one_line_errors
+from tools import add_frames_args, one_line_errors
 
 
 def lens_maps(size: int, k1: float, k2: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
@@ -50,9 +50,7 @@ def lens_maps(size: int, k1: float, k2: float) -> tuple[np.ndarray, np.ndarray, 
 @one_line_errors("lens_check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.lens_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", type=Path)
-    p.add_argument("--names", type=Path)
-    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
+    add_frames_args(p)
     p.add_argument("--size", type=int, default=512, help="pinhole frame size the frames are brought to")
     p.add_argument("--k1", type=float, default=-0.3, help="radial distortion (negative: barrel)")
     p.add_argument("--k2", type=float, default=0.1)

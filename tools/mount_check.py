@@ -16,28 +16,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from marsseg.core.frames import load_frames
 from marsseg.core.io import write_text_atomic
 from marsseg.edge.evaluate import evaluate
-from marsseg.edge.model import TileModel
 from marsseg.edge.sources import FLIPS
 
-from tools import one_line_errors
+from tools import add_frames_args, frames_and_model, one_line_errors
 
 
 @one_line_errors("mount_check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.mount_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", type=Path)
-    p.add_argument("--names", type=Path)
-    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
+    add_frames_args(p)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--output", type=Path, help="JSON file for the figures")
     a = p.parse_args(argv)
-    from marsseg.edge.cli import bundled
-
-    model = TileModel(a.model or bundled("model_int8.tflite"))
-    ds = load_frames(a.data, names_file=a.names)
+    model, ds = frames_and_model(a)
     rows = {}
     for name, flip in FLIPS.items():
         frames, masks = (np.stack([flip(x) for x in xs]) for xs in (ds.frames, ds.masks))

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from marsseg.core.frames import load_frames
 from marsseg.core.io import write_text_atomic
 from marsseg.core.metrics import confusion_matrix, scores
-from marsseg.edge.model import TileModel
 from marsseg.edge.pipeline import Segmenter
 from marsseg.edge.sources import ground_scale, to_gray
 
-from tools import one_line_errors
+from tools import add_frames_args, frames_and_model, one_line_errors
 
 
 def runtime_resize(big: np.ndarray, fov: float, deg_per_pixel: float) -> np.ndarray:
@@ -42,19 +40,14 @@ def training_chain(big: np.ndarray, fov: float, deg_per_pixel: float) -> np.ndar
 @one_line_errors("navcam_check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.navcam_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", type=Path)
-    p.add_argument("--names", type=Path)
-    p.add_argument("--model", help="int8 .tflite (default: the bundled model)")
+    add_frames_args(p)
     p.add_argument("--size", type=int, default=1024, help="navcam frame size the frames are brought to")
     p.add_argument("--fov", type=float, default=45.0, help="the navcam's horizontal field of view")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--output", type=Path)
     a = p.parse_args(argv)
-    from marsseg.edge.cli import bundled
-
-    model = TileModel(a.model or bundled("model_int8.tflite"))
+    model, ds = frames_and_model(a)
     seg = Segmenter(model, a.overlap)
-    ds = load_frames(a.data, names_file=a.names)
     frames, masks = ds.frames, ds.masks
     n = model.meta.num_classes
     paths = {"native": None, f"navcam {a.size}² --fov {a.fov:g} (runtime resize)": runtime_resize,
