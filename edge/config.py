@@ -222,6 +222,7 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
     if cfg.camera_info is not None and cfg.fov is not None:
         raise ConfigError("give either --fov or --camera-info: the calibration's focal length gives the field of view",
                           "fov")
+    cfg.hfov()  # reads --camera-info now: a bad calibration is one line before a model, source or folder is opened
     if cfg.topic is not None and not (cfg.source or "").endswith(".mcap"):
         raise ConfigError("--topic picks the image topic of a ROS 2 recording: give it with --source FILE.mcap",
                           "topic")

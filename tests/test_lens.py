@@ -134,8 +134,8 @@ def test_calibration_errors_stop_the_runtime_before_the_first_frame(tmp_path):
     frames = tmp_path / "f"
     frames.mkdir()
     cv2.imwrite(str(frames / "a.png"), np.zeros((64, 128), np.uint8))
-    r = run_edge("--source", frames, "--camera-info", tmp_path / "none.yaml")
+    r = run_edge("--source", frames, "--camera-info", tmp_path / "none.yaml", "--output", tmp_path / "out")
     assert r.returncode == 2 and "camera calibration" in r.stderr and "cannot read it" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()  # refused with the config, before outputs
     r = run_edge("--source", frames, "--camera-info", camera_info(tmp_path / "cam.yaml", WIDE), "--fov", "45")
     assert r.returncode == 2 and "give either --fov or --camera-info" in r.stderr
